@@ -1,0 +1,1 @@
+"""Knowledge-distillation retraining: run config, data, losses, trainer, results on disk."""

@@ -1,0 +1,198 @@
+"""The one config that defines a run, shared by the baseline and the search.
+
+Precedence: dataclass defaults < ``--preset NAME`` < ``--config FILE.json`` < explicit CLI flags.
+Each field is also the CLI flag (``epochs_per_step`` -> ``--epochs-per-step``), the CSV column and
+the TensorBoard tag where it is logged. Unknown or mistyped keys are errors, wherever they come from.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pruning.errors import UserError
+
+
+def opt(default, help: str, choices: tuple | None = None):
+    """A config field with its help text (shown by --help) and optional allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- data ---
+    data: str = opt("cifar100", "cifar100 | synthetic | imagefolder:PATH (PATH/train/<class>/*, PATH/val/<class>/*)")
+    data_dir: str = opt("datasets", "where CIFAR-100 is (or is downloaded to)")
+    download: bool = opt(True, "download CIFAR-100 if it is not in --data-dir")
+    image_size: int = opt(224, "side of the square network input in pixels (CIFAR images are resized)")
+    train_subset: int = opt(0, "use only this many training images (0 = all)")
+    val_subset: int = opt(0, "use only this many validation and test images (0 = all)")
+    val_fraction: float = opt(0.0, "hold out this fraction of the training set as validation; 0 = validate on the test set (the seed's protocol)")
+    synthetic_classes: int = opt(10, "classes of --data synthetic")
+    synthetic_train: int = opt(2000, "training images of --data synthetic (test set: a quarter of it)")
+    workers: int = opt(2, "DataLoader worker processes for imagefolder data")
+    # --- model ---
+    weights: str = opt("imagenet", "initial ResNet50 weights: imagenet (IMAGENET1K_V2) | none | PATH to a state_dict")
+    teacher: str = opt("", "fine-tuned teacher checkpoint to reuse (skips teacher training)")
+    teacher_epochs: int = opt(100, "epochs of cross-entropy fine-tuning of the teacher")
+    teacher_lr: float = opt(1e-4, "Adam learning rate of teacher fine-tuning")
+    # --- pruning ---
+    steps: int = opt(20, "pruning steps")
+    ratio: float = opt(0.1, "fraction of the current channels of each prunable layer removed per step")
+    ratios: str = opt("", "JSON file {layer: ratio} overriding --ratio per layer (names from pruning.model.prunable_layers)")
+    backend: str = opt("nni", "pruning backend", ("nni", "torch-pruning"))
+    round_to: int = opt(1, "round kept channel counts up to a multiple of this (8 helps tensor cores)")
+    # --- distillation retraining ---
+    epochs_per_step: int = opt(30, "KD retraining epochs after each pruning step")
+    final_epochs: int = opt(50, "KD epochs on the last pruned model (the seed's closing step)")
+    kd: str = opt("logits", "distillation loss", ("logits", "attention", "hint", "logits+attention"))
+    temperature: float = opt(5.0, "KD softmax temperature T")
+    alpha: float = opt(0.7, "weight of the KD term; 1 - alpha weights cross-entropy")
+    beta: float = opt(1000.0, "weight of the attention/hint term (Zagoruyko & Komodakis use 1e3)")
+    lr: float = opt(1e-4, "Adam learning rate of KD retraining")
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    batch_size: int = opt(256, "training and evaluation batch size")
+    teacher_cache: int = opt(0, "cache teacher logits for K augmented views per image (0 = off, 162 = all views at 32 px)")
+    # --- runtime ---
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
+    compile: bool = opt(False, "torch.compile the student on CUDA")
+    seed: int = opt(0, "seed of data order, augmentation, splits and initialisation")
+    out: str = opt("runs/iterative", "output directory (rerunning with the same one resumes)")
+    force: bool = opt(False, "resume even if the config differs from the one recorded in --out")
+    progress: bool = opt(True, "tqdm progress bars")
+    debug: bool = opt(False, "show full tracebacks for user errors")
+
+
+# Fields that may change between a run and its resumption without changing its results.
+RESUME_NEUTRAL = {"device", "amp", "compile", "progress", "debug", "force", "workers", "download", "data_dir",
+                  "n_workers", "n_trials", "storage", "keep_checkpoints"}
+
+PRESETS: dict[str, dict] = {
+    # The seed's protocol, as published.
+    "seed": {},
+    # The same pipeline small enough for a 2-core laptop CPU in about ten minutes.
+    "quick": {"image_size": 32, "train_subset": 5000, "val_subset": 1000, "teacher_epochs": 3, "steps": 5,
+              "epochs_per_step": 1, "final_epochs": 1, "batch_size": 128, "out": "runs/quick"},
+    # No download at all: synthetic data, random init. What the README's first command runs.
+    "demo": {"data": "synthetic", "weights": "none", "image_size": 32, "teacher_epochs": 4, "steps": 3,
+             "epochs_per_step": 1, "final_epochs": 1, "batch_size": 64, "out": "runs/demo"},
+}
+
+
+def cli_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(cls, f: dataclasses.Field):
+    return typing.get_type_hints(cls)[f.name]
+
+
+def build_parser(cls=RunConfig, description: str = "", presets: dict = PRESETS) -> argparse.ArgumentParser:
+    """argparse from the dataclass: one flag per field, defaults left unset so precedence can be applied."""
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(presets), help="named set of defaults (see distill/config.py)")
+    parser.add_argument("--config", help="JSON file of field values (e.g. a config.json of an earlier run)")
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f)
+        kwargs = {"help": f"{f.metadata.get('help', '')} [default: {f.default}]"}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if typ is bool:
+            parser.add_argument(cli_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(typ) is tuple:
+            parser.add_argument(cli_name(f.name), nargs="*", type=typing.get_args(typ)[0], **kwargs)
+        else:
+            parser.add_argument(cli_name(f.name), type=typ, **kwargs)
+    return parser
+
+
+def make_config(cls=RunConfig, overrides: dict | None = None, preset: str | None = None,
+                presets: dict = PRESETS, config_file: str | None = None):
+    """Apply defaults < preset < config file < overrides; reject unknown keys and bad choices."""
+    if preset is not None and preset not in presets:
+        raise UserError(f"unknown preset {preset!r}: choose one of {', '.join(sorted(presets))}")
+    values: dict = dict(presets.get(preset, {})) if preset else {}
+    if config_file:
+        values.update(_read_config_file(cls, config_file))
+    values.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown config key(s) {unknown}: see --help for the valid names")
+    cfg = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    validate(cfg)
+    return cfg
+
+
+def _read_config_file(cls, path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--config {path}: cannot read it as JSON ({exc})") from None
+    data = data.get("config", data)  # a run's config.json nests the fields under "config"
+    return data
+
+
+def _coerce(cls, name: str, value):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    typ = _field_type(cls, f)
+    if typing.get_origin(typ) is tuple:
+        return tuple(value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise UserError(f"config key {name}={value!r}: expected {typ.__name__}")
+    return value
+
+
+def validate(cfg) -> None:
+    """Field-level checks that argparse cannot express; every message names the flag and the fix."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise UserError(f"{cli_name(f.name)} {getattr(cfg, f.name)!r}: choose one of {', '.join(choices)}")
+    if not 0.0 <= cfg.ratio < 1.0:
+        raise UserError(f"--ratio {cfg.ratio}: must be in [0, 1) (0.1 removes 10% of the channels per step)")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise UserError(f"--alpha {cfg.alpha}: must be in [0, 1]")
+    if cfg.temperature <= 0:
+        raise UserError(f"--temperature {cfg.temperature}: must be > 0")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise UserError(f"--val-fraction {cfg.val_fraction}: must be in [0, 1)")
+    for name in ("image_size", "batch_size", "round_to"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{cli_name(name)} {getattr(cfg, name)}: must be >= 1")
+    for name in ("steps", "epochs_per_step", "final_epochs", "teacher_epochs", "train_subset", "val_subset",
+                 "teacher_cache"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{cli_name(name)} {getattr(cfg, name)}: must be >= 0")
+    if not (cfg.data in ("cifar100", "synthetic") or cfg.data.startswith("imagefolder:")):
+        raise UserError(f"--data {cfg.data!r}: use cifar100, synthetic or imagefolder:PATH")
+
+
+def parse_config(argv: list[str] | None, cls=RunConfig, description: str = "", presets: dict = PRESETS):
+    """The config a command line asks for."""
+    args = vars(build_parser(cls, description, presets).parse_args(argv))
+    preset = args.pop("preset", None)
+    config_file = args.pop("config", None)
+    return make_config(cls, args, preset=preset, presets=presets, config_file=config_file)
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_diff(recorded: dict, current: dict) -> dict[str, tuple]:
+    """Fields whose values differ and would change results (ignores RESUME_NEUTRAL)."""
+    keys = (set(recorded) | set(current)) - RESUME_NEUTRAL
+    return {k: (recorded.get(k), current.get(k)) for k in sorted(keys)
+            if _norm(recorded.get(k)) != _norm(current.get(k))}
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,138 @@
+"""The three operations every run is made of, shared by the baseline and the search:
+get the teacher, retrain a (pruned) student with KD, and measure a model into a results row.
+
+All of them resume: a stage that is interrupted restarts from its last finished epoch, read from a
+``partial`` checkpoint (model + optimizer + epoch) that is written atomically after every epoch.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.data import Data, load_data, make_loader
+from distill.trainer import Distiller, Runtime, evaluate, fit, make_runtime, prepare
+from pruning.checkpoint import load_pruned, safe_load, model_from_checkpoint, save_pruned
+from pruning.errors import UserError
+from pruning.measure import model_stats
+from pruning.model import build_resnet50, channel_plan
+from pruning.plan import check_ratio
+from pruning.prune import prune
+
+
+@dataclass
+class Session:
+    """What a run derives once from its config: device, data and loaders."""
+    cfg: object
+    rt: Runtime
+    data: Data
+    train_loader: object
+    val_loader: object
+    test_loader: object | None   # None when validation runs on the test set (val_fraction 0)
+
+
+def open_session(cfg, train_subset: int | None = None) -> Session:
+    """Device, data and loaders of ``cfg`` (``train_subset`` overrides cfg.train_subset, for trials)."""
+    torch.manual_seed(cfg.seed)
+    rt = make_runtime(cfg.device, cfg.amp, cfg.progress)
+    data = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.seed, cfg.val_fraction,
+                     cfg.train_subset if train_subset is None else train_subset, cfg.val_subset,
+                     cfg.image_size, cfg.synthetic_classes, cfg.synthetic_train)
+    loader = lambda split, train: make_loader(split, cfg.batch_size, rt.device, cfg.image_size, train,
+                                              cfg.seed, cfg.workers)
+    test = loader(data.test, False) if data.val is not data.test else None
+    return Session(cfg, rt, data, loader(data.train, True), loader(data.val, False), test)
+
+
+def load_ratios(path: str, layers: list[str], default: float) -> dict[str, float]:
+    """Per-layer ratios: ``default`` everywhere, overridden by a JSON file ``{layer: ratio}``."""
+    ratios = {name: default for name in layers}
+    if path:
+        try:
+            given = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"--ratios {path}: cannot read it as a JSON object of layer: ratio ({exc})") from None
+        unknown = sorted(set(given) - set(layers))
+        if unknown:
+            raise UserError(f"--ratios {path}: unknown layer name(s) {unknown[:3]}; prunable layers look "
+                            f"like '{layers[0]}'")
+        for name, ratio in given.items():
+            check_ratio(name, ratio)
+        ratios.update(given)
+    return ratios
+
+
+def load_teacher(path: str, num_classes: int) -> nn.Module:
+    """A teacher checkpoint, checked against the data's class count."""
+    teacher, _ = load_pruned(path)
+    if teacher.fc.out_features != num_classes:
+        raise UserError(f"--teacher {path} has {teacher.fc.out_features} classes but the data has "
+                        f"{num_classes}; use a teacher trained on this dataset")
+    return teacher
+
+
+def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
+            stage: str, partial: Path, epoch_seed: int, temperature: float, alpha: float,
+            on_epoch=None) -> tuple[nn.Module, dict]:
+    """KD (or CE when ``teacher`` is None) retraining of ``student``, resumable from ``partial``.
+
+    If ``partial`` holds this ``stage``, its weights and optimizer replace the given student's and
+    training continues after its epoch. Returns the trained student and its training metrics.
+    """
+    cfg, rt = sess.cfg, sess.rt
+    resume = None
+    if partial.exists():
+        ckpt = safe_load(partial)
+        if ckpt.get("meta", {}).get("stage") == stage:
+            student = model_from_checkpoint(ckpt, partial)
+            resume = {"optimizer": ckpt["optimizer"], "epoch": ckpt["meta"]["epoch"]}
+    student = prepare(student, rt)
+    distiller = Distiller(student, teacher, temperature, alpha)
+
+    def checkpoint(epoch: int, metrics: dict, optimizer) -> None:
+        save_pruned(partial, student, {"stage": stage, "epoch": epoch}, optimizer=optimizer.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    metrics = fit(distiller, sess.train_loader, epochs, lr, cfg.weight_decay, rt, resume=resume,
+                  epoch_seed=epoch_seed, desc=stage, on_epoch=checkpoint)
+    return student, metrics
+
+
+def measure(sess: Session, model: nn.Module) -> dict:
+    """The size and accuracy columns of a results row (accuracies in percent)."""
+    start = time.perf_counter()
+    row = model_stats(model, sess.cfg.image_size)
+    val = evaluate(model, sess.val_loader, sess.rt, "val")
+    row.update({"val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"]})
+    if sess.test_loader is not None:
+        test = evaluate(model, sess.test_loader, sess.rt, "test")
+        row.update({"test_top1": test["top1"], "test_top5": test["top5"]})
+    row["eval_wall_s"] = time.perf_counter() - start
+    return row
+
+
+def prune_step(model: nn.Module, ratios: dict[str, float], backend: str, round_to: int,
+               image_size: int) -> tuple[nn.Module, float]:
+    """Prune a CPU copy of ``model`` (the input stays untouched); returns the new model and seconds."""
+    start = time.perf_counter()
+    cpu = copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format)
+    # Spatial size does not matter to the dependency analysis; small keeps NNI's trace cheap.
+    example = torch.zeros(1, 3, min(image_size, 64), min(image_size, 64))
+    pruned = prune(cpu, ratios, example, backend, round_to)
+    return pruned, time.perf_counter() - start
+
+
+def channel_columns(model: nn.Module) -> dict[str, int]:
+    """Per-layer channel counts as results columns ``ch/<layer>``."""
+    return {f"ch/{name}": c for name, c in channel_plan(model).items()}
+
+
+def new_model(cfg, num_classes: int) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    return build_resnet50(num_classes, cfg.weights)

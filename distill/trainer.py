@@ -1,0 +1,180 @@
+"""Training and evaluation loops: one path for teacher fine-tuning (CE) and KD retraining.
+
+A ``Distiller`` turns a batch into a dict of loss parts; ``fit`` runs epochs of it with Adam, mixed
+precision on CUDA, a progress bar, a NaN/inf guard and an ``on_epoch`` hook (checkpointing, logging).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill.data import Batch
+from distill.losses import kd_loss
+from pruning.errors import UserError
+from pruning.model import to_memory_format
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or inf: the step/trial stops instead of training on garbage."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None   # autocast dtype on CUDA; None = full precision
+    progress: bool = True
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+def make_runtime(device: str = "auto", amp: bool = True, progress: bool = True) -> Runtime:
+    """Resolve ``auto`` and pick bf16 autocast on GPUs that support it (fp16 + loss scaling otherwise)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    amp_dtype = None
+    if dev.type == "cuda" and amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    return Runtime(dev, amp_dtype, progress)
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher -> loss parts. ``teacher=None`` (or alpha 0) trains with plain CE."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float, alpha: float):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.temperature, self.alpha = temperature, alpha
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def teacher_logits(self, batch: Batch) -> torch.Tensor | None:
+        if self.teacher is None or self.alpha == 0:
+            return None
+        with torch.no_grad():
+            return self.teacher(batch.x)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.student(batch.x)
+        parts = kd_loss(logits, self.teacher_logits(batch), batch.y, self.temperature, self.alpha)
+        return logits, parts
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher's BatchNorm statistics are frozen
+        return self
+
+
+def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def train_one_epoch(distiller: Distiller, loader, optimizer: torch.optim.Optimizer, rt: Runtime,
+                    scaler: torch.amp.GradScaler | None = None, desc: str = "train") -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss parts, train_top1 (%), images and wall_s."""
+    distiller.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=rt.device)
+    seen, start = 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not rt.progress, unit="batch")
+    for batch in bar:
+        with rt.autocast():
+            logits, parts = distiller(batch)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(parts["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            parts["loss"].backward()
+            optimizer.step()
+        n = batch.y.numel()
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0) + value.detach().float() * n
+        correct += (logits.detach().argmax(1) == batch.y).sum()
+        seen += n
+    # One host sync per epoch (not per batch): the NaN guard and the means come from the same tensors.
+    means = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise NonFiniteLoss(f"{desc}: the training loss became {means.get('train_loss')} "
+                            f"(lower --lr or check the data)")
+    means["train_top1"] = 100.0 * correct.item() / max(seen, 1)
+    means["images"] = seen
+    means["wall_s"] = time.perf_counter() - start
+    return means
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, rt: Runtime, desc: str = "eval") -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean CE loss of ``model`` on ``loader``."""
+    model.eval()
+    top1 = top5 = torch.zeros((), device=rt.device)
+    loss = torch.zeros((), device=rt.device)
+    seen = 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not rt.progress, unit="batch"):
+        with rt.autocast():
+            logits = model(batch.x)
+        logits = logits.float()
+        loss = loss + nn.functional.cross_entropy(logits, batch.y, reduction="sum")
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == batch.y[:, None]
+        top1 = top1 + hits[:, 0].sum()
+        top5 = top5 + hits.any(dim=1).sum()
+        seen += batch.y.numel()
+    seen = max(seen, 1)
+    return {"top1": 100.0 * top1.item() / seen, "top5": 100.0 * top5.item() / seen, "loss": loss.item() / seen}
+
+
+def fit(distiller: Distiller, loader, epochs: int, lr: float, weight_decay: float, rt: Runtime, *,
+        resume: dict | None = None, epoch_seed: int = 0, desc: str = "",
+        on_epoch: Callable[[int, dict, torch.optim.Optimizer], None] | None = None) -> dict[str, float]:
+    """Train ``epochs`` epochs (starting after ``resume["epoch"]`` with its optimizer state, if given).
+
+    ``on_epoch(epoch, metrics, optimizer)`` runs after each finished epoch (1-based). Returns the
+    metrics averaged over the epochs run now, with ``epochs`` and ``wall_s`` totals.
+    """
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, lr, weight_decay)
+    start = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        start = int(resume["epoch"])
+    scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
+    history = []
+    for epoch in range(start + 1, epochs + 1):
+        loader.set_epoch(epoch_seed + epoch)
+        metrics = train_one_epoch(distiller, loader, optimizer, rt, scaler, f"{desc} epoch {epoch}/{epochs}")
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, optimizer)
+    return summarize(history)
+
+
+def summarize(history: list[dict]) -> dict[str, float]:
+    """Last epoch's losses/accuracy, total images and seconds over the epochs in ``history``."""
+    if not history:
+        return {"epochs": 0, "wall_s": 0.0}
+    out = dict(history[-1])
+    out["epochs"] = len(history)
+    out["wall_s"] = sum(h["wall_s"] for h in history)
+    out["images"] = sum(h["images"] for h in history)
+    return out
+
+
+def prepare(model: nn.Module, rt: Runtime) -> nn.Module:
+    """Move a model to the run's device in the memory format that is fastest there."""
+    return to_memory_format(model, rt.device)

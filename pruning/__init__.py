@@ -1,0 +1,1 @@
+"""Structured pruning of ResNet50: prunable layers, channel plans, backends (NNI, Torch-Pruning), measurement."""

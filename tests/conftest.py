@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny run config (synthetic data, 32 px, a few images) every test can derive from."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from distill.config import RunConfig, make_config
+
+# Small enough for a 2-core CPU: 4 classes, 64 training images, one batch of 32 per step.
+TINY = {"data": "synthetic", "synthetic_classes": 4, "synthetic_train": 64, "image_size": 32,
+        "batch_size": 32, "weights": "none", "teacher_epochs": 1, "steps": 1, "epochs_per_step": 1,
+        "final_epochs": 0, "device": "cpu", "progress": False}
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> RunConfig:
+    return make_config(RunConfig, {**TINY, "out": str(tmp_path / "run")})
+
+
+def tiny_argv(cfg: RunConfig, **changes) -> list[str]:
+    """The command line that asks for ``cfg`` (with ``changes``), to call an entry point's main()."""
+    cfg = dataclasses.replace(cfg, **changes)
+    argv = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [flag, str(value)]
+    return argv

@@ -1,0 +1,60 @@
+"""pruning.plan: the floor rule, round_to, and the seed's parameter trajectory (no training needed)."""
+import pytest
+
+from pruning.errors import UserError
+from pruning.measure import count_params
+from pruning.model import build_from_plan, build_resnet50, channel_plan, prunable_layers
+from pruning.plan import target_plan, uniform_ratios
+
+# NNI 3.0's rounding reproduces the seed's table within 3.5% at every published step.
+SEED_TRAJECTORY = {1: 20_639_037, 2: 18_051_107, 5: 12_485_140, 7: 10_078_784, 10: 7_663_862,
+                   13: 6_146_234, 16: 5_154_387, 20: 4_336_346}
+
+
+@pytest.fixture(scope="module")
+def dense_plan():
+    return channel_plan(build_resnet50(100))
+
+
+def test_floor_rule_removes_floor_of_ratio_times_channels(dense_plan):
+    plan = target_plan(dense_plan, {"layer1.0.conv1": 0.1, "layer4.2.conv2": 0.5})
+    assert plan["layer1.0.conv1"] == 58            # 64 - floor(6.4)
+    assert plan["layer4.2.conv2"] == 256           # 512 - 256
+    assert plan["layer2.0.conv1"] == dense_plan["layer2.0.conv1"]  # absent from ratios: untouched
+
+
+def test_uniform_trajectory_matches_seed_table(dense_plan):
+    plan, params = dict(dense_plan), {}
+    for step in range(1, 21):
+        plan = target_plan(plan, uniform_ratios(list(plan), 0.1))
+        params[step] = count_params(build_from_plan(100, plan))
+    assert count_params(build_from_plan(100, dense_plan)) == 23_712_932
+    assert params[1] == 20_666_005 and params[2] == 18_090_982 and params[20] == 4_468_618
+    for step, seed in SEED_TRAJECTORY.items():
+        assert abs(params[step] - seed) / seed < 0.035, (step, params[step], seed)
+    assert all(params[s] < params[s - 1] for s in range(2, 21))
+
+
+@pytest.mark.parametrize("round_to", [4, 8, 16])
+def test_round_to_keeps_multiples(dense_plan, round_to):
+    plan = target_plan(dense_plan, uniform_ratios(list(dense_plan), 0.37), round_to=round_to)
+    assert all(c % round_to == 0 for c in plan.values())
+    assert all(plan[k] <= dense_plan[k] for k in plan)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
+def test_bad_ratio_is_a_user_error(dense_plan, ratio):
+    with pytest.raises(UserError, match=r"\[0, 1\)"):
+        target_plan(dense_plan, {"layer1.0.conv1": ratio})
+
+
+def test_unknown_layer_is_named(dense_plan):
+    with pytest.raises(UserError, match="layer9.0.conv1"):
+        target_plan(dense_plan, {"layer9.0.conv1": 0.1})
+
+
+def test_prunable_layers_are_bottleneck_conv1_conv2_only():
+    names = prunable_layers(build_resnet50(10))
+    assert len(names) == 32
+    assert all(n.split(".")[-1] in ("conv1", "conv2") and n.startswith("layer") for n in names)
+    assert not any("downsample" in n or "conv3" in n for n in names)

@@ -18,14 +18,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from distill.config import RunConfig, config_dict, parse_config
-from distill.pipeline import (Session, channel_columns, load_ratios, load_teacher, measure, new_model,
-                              open_session, prune_step, retrain)
+from distill.pipeline import (Session, load_ratios, load_teacher, make_row, new_model, open_session, prune_step,
+                              retrain, summary_line)
 from distill.plots import accuracy_over_params
 from distill.results import prepare_out_dir, read_csv, write_csv
 from distill.tb import TBLogger
 from pruning.checkpoint import load_pruned, save_pruned
 from pruning.errors import run_cli
-from pruning.model import prunable_layers
+from pruning.model import build_resnet50, prunable_layers
 
 LOG = "pruning_logs.csv"
 
@@ -37,15 +37,17 @@ def ckpt_path(out: Path, step: int | str) -> Path:
 
 def run(cfg: RunConfig) -> list[dict]:
     """Run (or resume) the baseline described by ``cfg``; returns the rows of pruning_logs.csv."""
+    # First: a bad --ratios file fails in seconds, with --out untouched, not after hours of teacher training.
+    ratios = load_ratios(cfg.ratios, prunable_layers(build_resnet50(2)), cfg.ratio)
     out = prepare_out_dir(cfg.out, config_dict(cfg), cfg.force)
     sess = open_session(cfg)
-    rows = read_csv(out / LOG)
+    # A step is done only with its checkpoint: deleting a damaged one makes the rerun redo that step (issue 6).
+    rows = [r for r in read_csv(out / LOG) if ckpt_path(out, int(r["step"])).is_file()]
     done = {int(r["step"]) for r in rows}
     tb = TBLogger(out / "tb")
     partial = ckpt_path(out, "partial")
     try:
         teacher = teacher_stage(sess, out, rows, done, tb, partial)
-        ratios = load_ratios(cfg.ratios, prunable_layers(teacher), cfg.ratio)
         stages = [(step, "prune") for step in range(1, cfg.steps + 1)]
         if cfg.final_epochs:
             stages.append((cfg.steps + 1, "final"))
@@ -57,6 +59,7 @@ def run(cfg: RunConfig) -> list[dict]:
                                 step, phase, partial, tb)
             save_pruned(ckpt_path(out, step), row.pop("_model"), {"step": step, "phase": phase})
             rows.append(row)
+            rows.sort(key=lambda r: int(r["step"]))  # a redone step goes back to its place
             write_csv(out / LOG, rows)
             partial.unlink(missing_ok=True)
             tqdm.write(summary_line(row))
@@ -84,7 +87,7 @@ def teacher_stage(sess: Session, out: Path, rows: list[dict], done: set, tb: TBL
     teacher = teacher.to(sess.rt.device)
     row = make_row(sess, teacher, 0, "teacher", metrics, prune_wall_s=0.0)
     save_pruned(ckpt_path(out, 0), row.pop("_model"), {"step": 0, "phase": "teacher"})
-    rows.append(row)
+    rows.insert(0, row)
     write_csv(out / LOG, rows)
     partial.unlink(missing_ok=True)
     tb.log_row(row)
@@ -105,25 +108,6 @@ def student_stage(sess: Session, teacher, previous, ratios: dict | None, step: i
     row = make_row(sess, student, step, phase, metrics, prune_wall_s=prune_s)
     tb.log_row(row)
     return row
-
-
-def make_row(sess: Session, model, step: int, phase: str, metrics: dict, prune_wall_s: float) -> dict:
-    """One pruning_logs.csv row; ``_model`` carries the model to the caller, which saves it first."""
-    row = {"step": step, "phase": phase, **measure(sess, model)}
-    row.update({k: metrics[k] for k in ("train_loss", "train_ce", "train_kd", "train_top1") if k in metrics})
-    row["epochs"] = metrics.get("epochs", 0)
-    row["train_wall_s"] = metrics.get("wall_s", 0.0)
-    row["prune_wall_s"] = prune_wall_s
-    row = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-    row.update(channel_columns(model))
-    row["_model"] = model
-    return row
-
-
-def summary_line(row: dict) -> str:
-    return (f"step {row['step']:>2} ({row['phase']}): params {row['params']:,} | size {row['size_mb']:.2f} MB | "
-            f"val top-1 {row['val_top1']:.2f}% | train {row['train_wall_s']:.0f}s, "
-            f"prune {row['prune_wall_s']:.1f}s")
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:

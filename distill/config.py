@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.losses import KD_KINDS
 from pruning.errors import UserError
 
 
@@ -37,6 +38,10 @@ class RunConfig:
     # --- model ---
     weights: str = opt("imagenet", "initial ResNet50 weights: imagenet (IMAGENET1K_V2) | none | PATH to a state_dict")
     teacher: str = opt("", "fine-tuned teacher checkpoint to reuse (skips teacher training)")
+    teachers: tuple[str, ...] = opt((), "extra teacher checkpoints for KD retraining: their softened outputs are "
+                                        "averaged with the run's teacher's (feature terms use the run's teacher)")
+    teacher_weights: tuple[float, ...] = opt((), "weights of the teachers' softened outputs: the run's teacher first, "
+                                                 "then each --teachers path (empty = equal)")
     teacher_epochs: int = opt(100, "epochs of cross-entropy fine-tuning of the teacher")
     teacher_lr: float = opt(1e-4, "Adam learning rate of teacher fine-tuning")
     # --- pruning ---
@@ -48,10 +53,13 @@ class RunConfig:
     # --- distillation retraining ---
     epochs_per_step: int = opt(30, "KD retraining epochs after each pruning step")
     final_epochs: int = opt(50, "KD epochs on the last pruned model (the seed's closing step)")
-    kd: str = opt("logits", "distillation loss", ("logits", "attention", "hint", "logits+attention"))
+    kd: str = opt("logits", "distillation loss: logits = the seed's alpha*T^2*KL + (1-alpha)*CE; attention = "
+                  "CE + beta/2*AT (attention transfer on layer1..4); hint = CE + beta/2*HINT (FitNets, learned 1x1 "
+                  "adapters); logits+attention = the seed's loss + beta/2*AT", tuple(KD_KINDS))
     temperature: float = opt(5.0, "KD softmax temperature T")
     alpha: float = opt(0.7, "weight of the KD term; 1 - alpha weights cross-entropy")
-    beta: float = opt(1000.0, "weight of the attention/hint term (Zagoruyko & Komodakis use 1e3)")
+    beta: float = opt(1000.0, "weight of the attention/hint term, applied as beta/2 (Zagoruyko & Komodakis use 1e3 "
+                      "for attention; hints' unnormalised MSE usually wants far less, e.g. 1-100)")
     lr: float = opt(1e-4, "Adam learning rate of KD retraining")
     weight_decay: float = opt(0.0, "Adam weight decay")
     batch_size: int = opt(256, "training and evaluation batch size")
@@ -91,15 +99,25 @@ def _field_type(cls, f: dataclasses.Field):
     return typing.get_type_hints(cls)[f.name]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors (unknown flag, bad choice such as --preset/--sampler) are one line on
+    stderr and exit code 2, like every other user error (issue 6), not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(cls=RunConfig, description: str = "", presets: dict = PRESETS) -> argparse.ArgumentParser:
     """argparse from the dataclass: one flag per field, defaults left unset so precedence can be applied."""
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
+    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(presets), help="named set of defaults (see distill/config.py)")
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), help="named set of defaults (see distill/config.py)")
     parser.add_argument("--config", help="JSON file of field values (e.g. a config.json of an earlier run)")
     for f in dataclasses.fields(cls):
         typ = _field_type(cls, f)
-        kwargs = {"help": f"{f.metadata.get('help', '')} [default: {f.default}]"}
+        # argparse %-formats help strings: a literal "10%" would crash --help.
+        kwargs = {"help": f"{f.metadata.get('help', '')} [default: {f.default}]".replace("%", "%%")}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         if typ is bool:
@@ -156,10 +174,13 @@ def validate(cfg) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise UserError(f"{cli_name(f.name)} {getattr(cfg, f.name)!r}: choose one of {', '.join(choices)}")
+    if not isinstance(cfg, RunConfig):  # a tool's own config (e.g. search.report's): only choices apply here
+        return
     if not 0.0 <= cfg.ratio < 1.0:
         raise UserError(f"--ratio {cfg.ratio}: must be in [0, 1) (0.1 removes 10% of the channels per step)")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise UserError(f"--alpha {cfg.alpha}: must be in [0, 1]")
+    validate_teachers(cfg)
     if cfg.temperature <= 0:
         raise UserError(f"--temperature {cfg.temperature}: must be > 0")
     if not 0.0 <= cfg.val_fraction < 1.0:
@@ -173,6 +194,21 @@ def validate(cfg) -> None:
             raise UserError(f"{cli_name(name)} {getattr(cfg, name)}: must be >= 0")
     if not (cfg.data in ("cifar100", "synthetic") or cfg.data.startswith("imagefolder:")):
         raise UserError(f"--data {cfg.data!r}: use cifar100, synthetic or imagefolder:PATH")
+
+
+def validate_teachers(cfg) -> None:
+    """--teachers must exist now (not after hours of training); --teacher-weights needs one per teacher."""
+    for path in cfg.teachers:
+        if not Path(path).is_file():
+            raise UserError(f"--teachers {path}: no such file; give checkpoints written by this toolkit")
+    weights = cfg.teacher_weights
+    if weights and len(weights) != 1 + len(cfg.teachers):
+        raise UserError(f"--teacher-weights: {len(weights)} given for {1 + len(cfg.teachers)} teacher(s); give one "
+                        f"for the run's teacher, then one per --teachers path (or none for equal weights)")
+    if weights and (min(weights) < 0 or sum(weights) <= 0):
+        raise UserError(f"--teacher-weights {' '.join(map(str, weights))}: must be >= 0 with a positive sum")
+    if cfg.beta < 0:
+        raise UserError(f"--beta {cfg.beta}: must be >= 0")
 
 
 def parse_config(argv: list[str] | None, cls=RunConfig, description: str = "", presets: dict = PRESETS):

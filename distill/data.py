@@ -10,6 +10,7 @@ which is what the teacher-logit cache keys on. ImageFolder data goes through a D
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -17,6 +18,7 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from torchvision import transforms
 
 from pruning.errors import UserError
@@ -135,16 +137,36 @@ def _imagefolder(root: str, image_size: int):
                                    transforms.ToTensor(), norm])
     val_tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                                  transforms.ToTensor(), norm])
+    skipped: list[str] = []
     try:
-        train = torchvision.datasets.ImageFolder(str(root_path / "train"), train_tf)
-        val = torchvision.datasets.ImageFolder(str(root_path / "val"), val_tf)
+        train = torchvision.datasets.ImageFolder(str(root_path / "train"), train_tf,
+                                                 is_valid_file=lambda p: _readable_image(p, skipped))
+        val = torchvision.datasets.ImageFolder(str(root_path / "val"), val_tf,
+                                               is_valid_file=lambda p: _readable_image(p, skipped))
     except (FileNotFoundError, OSError) as exc:
         raise UserError(f"--data imagefolder:{root}: {exc}; each class needs a folder of images") from None
+    if skipped:
+        print(f"warning: --data imagefolder:{root}: skipped {len(skipped)} file(s) that are not readable images "
+              f"(e.g. {skipped[0]})", file=sys.stderr)
     if train.classes != val.classes:
         only = sorted(set(train.classes) ^ set(val.classes))[:3]
         raise UserError(f"--data imagefolder:{root}: train and val have different classes (e.g. {only}); "
                         f"give both the same class folders")
     return train, val, len(train.classes)
+
+
+def _readable_image(path: str, skipped: list[str]) -> bool:
+    """An image file whose header PIL can read; anything else is appended to ``skipped``.
+
+    A corrupt or non-image file is skipped and counted at startup (issue 6) instead of crashing a
+    DataLoader worker mid-epoch. Only the header is read, so this costs a file open per image.
+    """
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        skipped.append(path)
+        return False
 
 
 class TensorLoader:
@@ -157,6 +179,7 @@ class TensorLoader:
         self.batch_size, self.device, self.image_size = batch_size, device, image_size
         self.train, self.seed, self.epoch = train, seed, 0
         self.mean, self.std = MEAN.to(device), STD.to(device)
+        self.recorded_views: torch.Tensor | None = None  # N x K view ids of an active teacher cache
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -168,7 +191,7 @@ class TensorLoader:
         n = len(self.labels)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
-        views = torch.randint(0, NUM_VIEWS, (n,), generator=gen) if self.train else None
+        views = self.draw_views(n, gen) if self.train else None
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             view = views[idx] if views is not None else None
@@ -177,6 +200,13 @@ class TensorLoader:
             if view is not None:
                 raw = augment(raw, view.to(self.device))
             yield Batch(self.normalize(raw), self.labels[idx_dev], idx, view)
+
+    def draw_views(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """One view id per image: any view, or one of its recorded views while a teacher cache is active."""
+        if self.recorded_views is None:
+            return torch.randint(0, NUM_VIEWS, (n,), generator=gen)
+        slot = torch.randint(0, self.recorded_views.shape[1], (n,), generator=gen)
+        return self.recorded_views[torch.arange(n), slot].long()
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         x = raw.float().div_(255)

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from distill.data import Data, load_data, make_loader
-from distill.trainer import Distiller, Runtime, evaluate, fit, make_runtime, prepare
+from distill.teacher_cache import TeacherCache, load_or_build
+from distill.trainer import Distiller, Runtime, evaluate, fit, make_runtime, prepare, summarize
 from pruning.checkpoint import load_pruned, safe_load, model_from_checkpoint, save_pruned
 from pruning.errors import UserError
+from pruning.faults import fault_point
 from pruning.measure import model_stats
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import check_ratio
@@ -34,6 +36,7 @@ class Session:
     train_loader: object
     val_loader: object
     test_loader: object | None   # None when validation runs on the test set (val_fraction 0)
+    teacher_cache: TeacherCache | None = None   # the last --teacher-cache used, reused while its key holds
 
 
 def open_session(cfg, train_subset: int | None = None) -> Session:
@@ -77,31 +80,67 @@ def load_teacher(path: str, num_classes: int) -> nn.Module:
 
 
 def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
-            stage: str, partial: Path, epoch_seed: int, temperature: float, alpha: float,
-            on_epoch=None) -> tuple[nn.Module, dict]:
+            stage: str, partial: Path | None, epoch_seed: int, temperature: float, alpha: float,
+            on_epoch=None, kd: str | None = None, beta: float | None = None) -> tuple[nn.Module, dict]:
     """KD (or CE when ``teacher`` is None) retraining of ``student``, resumable from ``partial``.
 
+    The KD loss is ``kd``/``beta`` (None: the session config's); with a teacher, the config's
+    ``--teachers`` join it, weighted by ``--teacher-weights``.
+
     If ``partial`` holds this ``stage``, its weights and optimizer replace the given student's and
-    training continues after its epoch. Returns the trained student and its training metrics.
+    training continues after its epoch (``partial`` None: no mid-stage checkpoints, for search trials,
+    which restart from scratch anyway). Returns the trained student and its training metrics.
     """
     cfg, rt = sess.cfg, sess.rt
-    resume = None
-    if partial.exists():
+    # ``history``: per-epoch metrics of the stage, kept in the partial checkpoint so that a resumed stage
+    # reports the same train_loss/epochs as an uninterrupted one, even when it is killed after its last epoch.
+    resume, adapters, history = None, {}, []
+    if partial is not None and partial.exists():
         ckpt = safe_load(partial)
         if ckpt.get("meta", {}).get("stage") == stage:
             student = model_from_checkpoint(ckpt, partial)
             resume = {"optimizer": ckpt["optimizer"], "epoch": ckpt["meta"]["epoch"]}
+            history = ckpt["meta"].get("history", [])
+            adapters = ckpt.get("adapters", {})
     student = prepare(student, rt)
-    distiller = Distiller(student, teacher, temperature, alpha)
+    teachers = None if teacher is None else [
+        teacher, *(prepare(load_teacher(path, sess.data.num_classes), rt) for path in cfg.teachers)]
+    distiller = Distiller(student, teachers, temperature, alpha, cfg.kd if kd is None else kd,
+                          cfg.beta if beta is None else beta, cfg.teacher_weights or None)
+    if adapters:
+        distiller.adapters.load_state_dict(adapters)  # hint adapters resume with the student (issue 7)
+    distiller.cache = teacher_cache_for(sess, distiller)
+    sess.train_loader.recorded_views = None if distiller.cache is None else distiller.cache.views
+    # Not with feature KD: its per-forward hooks (distill.features.capture) are not seen by a compiled graph.
+    if cfg.compile and rt.device.type == "cuda" and distiller.feature is None:
+        distiller.student = torch.compile(student)  # checkpoints keep saving the uncompiled ``student``
 
     def checkpoint(epoch: int, metrics: dict, optimizer) -> None:
-        save_pruned(partial, student, {"stage": stage, "epoch": epoch}, optimizer=optimizer.state_dict())
+        history.append(metrics)
+        if partial is not None:
+            save_pruned(partial, student, {"stage": stage, "epoch": epoch, "history": history},
+                        optimizer=optimizer.state_dict(), adapters=distiller.adapters.state_dict())
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        fault_point("teacher_epoch_end" if stage == "teacher" else "epoch_end")
 
-    metrics = fit(distiller, sess.train_loader, epochs, lr, cfg.weight_decay, rt, resume=resume,
-                  epoch_seed=epoch_seed, desc=stage, on_epoch=checkpoint)
-    return student, metrics
+    fit(distiller, sess.train_loader, epochs, lr, cfg.weight_decay, rt, resume=resume, epoch_seed=epoch_seed,
+        desc=stage, on_epoch=checkpoint)
+    return student, summarize(history)
+
+
+def teacher_cache_for(sess: Session, distiller: Distiller) -> TeacherCache | None:
+    """``--teacher-cache K``: the teacher's recorded soft labels, when a lone teacher's logits are all the
+    loss needs (feature losses and extra teachers still run the teachers). Stored beside ``--teacher``,
+    else beside the run's own teacher checkpoint (check_points/step_000.pt)."""
+    cfg = sess.cfg
+    if not cfg.teacher_cache or distiller.feature is not None or len(distiller.teachers) != 1 \
+            or distiller.alpha == 0:
+        return None
+    directory = Path(cfg.teacher).parent if cfg.teacher else Path(cfg.out) / "check_points"
+    sess.teacher_cache = load_or_build(distiller.teacher, sess.train_loader, cfg.teacher_cache, sess.rt,
+                                       directory, sess.teacher_cache)
+    return sess.teacher_cache
 
 
 def measure(sess: Session, model: nn.Module) -> dict:
@@ -122,9 +161,13 @@ def prune_step(model: nn.Module, ratios: dict[str, float], backend: str, round_t
     """Prune a CPU copy of ``model`` (the input stays untouched); returns the new model and seconds."""
     start = time.perf_counter()
     cpu = copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format)
+    # The copy is a new student: trainable even when ``model`` is a teacher the Distiller froze in place
+    # (Torch-Pruning's DepGraph also needs requires_grad to trace it).
+    cpu.requires_grad_(True)
     # Spatial size does not matter to the dependency analysis; small keeps NNI's trace cheap.
     example = torch.zeros(1, 3, min(image_size, 64), min(image_size, 64))
     pruned = prune(cpu, ratios, example, backend, round_to)
+    fault_point("prune_step")
     return pruned, time.perf_counter() - start
 
 
@@ -136,3 +179,23 @@ def channel_columns(model: nn.Module) -> dict[str, int]:
 def new_model(cfg, num_classes: int) -> nn.Module:
     torch.manual_seed(cfg.seed)
     return build_resnet50(num_classes, cfg.weights)
+
+
+def make_row(sess: Session, model: nn.Module, step: int, phase: str, metrics: dict,
+             prune_wall_s: float) -> dict:
+    """One pruning_logs.csv row; ``_model`` carries the model to the caller, which saves it first."""
+    row = {"step": step, "phase": phase, **measure(sess, model)}
+    row.update({k: metrics[k] for k in ("train_loss", "train_ce", "train_kd", "train_top1") if k in metrics})
+    row["epochs"] = metrics.get("epochs", 0)
+    row["train_wall_s"] = metrics.get("wall_s", 0.0)
+    row["prune_wall_s"] = prune_wall_s
+    row = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+    row.update(channel_columns(model))
+    row["_model"] = model
+    return row
+
+
+def summary_line(row: dict) -> str:
+    return (f"step {row['step']:>2} ({row['phase']}): params {row['params']:,} | size {row['size_mb']:.2f} MB | "
+            f"val top-1 {row['val_top1']:.2f}% | train {row['train_wall_s']:.0f}s, "
+            f"prune {row['prune_wall_s']:.1f}s")

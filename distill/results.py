@@ -22,6 +22,7 @@ from pathlib import Path
 
 from distill.config import config_diff
 from pruning.errors import UserError
+from pruning.faults import fault_point
 
 # The seed's published table (lightweight-resnet50 README): steps 0, 1, 2, 5, 7, 10, 13, 16, 20.
 SEED_RESULTS = [
@@ -53,6 +54,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        fault_point(f"{path.suffix.lstrip('.')}_replace")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,20 +9,23 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from distill.data import Batch
-from distill.losses import kd_loss
+from distill.features import STAGES, capture, make_adapters
+from distill.losses import KD_KINDS, attention_loss, hint_loss, kd_loss
 from pruning.errors import UserError
 from pruning.model import to_memory_format
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or inf: the step/trial stops instead of training on garbage."""
+class NonFiniteLoss(UserError, RuntimeError):
+    """The training loss became NaN or inf: the step/trial stops instead of training on garbage.
+
+    A UserError, so the baseline reports it as one line (its fix: a lower --lr, or the data) and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -52,30 +55,69 @@ def make_runtime(device: str = "auto", amp: bool = True, progress: bool = True) 
 
 
 class Distiller(nn.Module):
-    """Student + frozen teacher -> loss parts. ``teacher=None`` (or alpha 0) trains with plain CE."""
+    """Student + frozen teacher(s) -> loss parts. No teacher (or ``kd`` logits with alpha 0) trains with CE.
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float, alpha: float):
+    ``kd`` (issue 7) picks the loss, with ``AT``/``HINT`` from ``distill.losses`` on stages layer1..4:
+    ``logits``: the seed's ``alpha*T^2*KL + (1-alpha)*CE``; ``attention``: ``CE + beta/2*AT``;
+    ``hint``: ``CE + beta/2*HINT`` (learned adapters, trained with the student);
+    ``logits+attention``: the seed's loss ``+ beta/2*AT``.
+    ``teacher`` may be a list: the KL term uses the mean of their softened outputs weighted by
+    ``teacher_weights`` (equal if None); feature terms use the first teacher's stage outputs.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | Sequence[nn.Module] | None, temperature: float,
+                 alpha: float, kd: str = "logits", beta: float = 0.0,
+                 teacher_weights: Sequence[float] | None = None):
         super().__init__()
-        self.student, self.teacher = student, teacher
-        self.temperature, self.alpha = temperature, alpha
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
+        teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if kd not in KD_KINDS:
+            raise UserError(f"--kd {kd!r}: choose one of {', '.join(KD_KINDS)}")
+        self.student, self.teachers = student, nn.ModuleList(teachers)
+        self.temperature, self.alpha, self.beta = temperature, alpha, beta
+        self.teacher_weights = teacher_weights
+        self.cache = None  # a distill.teacher_cache.TeacherCache standing in for a lone teacher's logits (issue 5)
+        self.uses_logits, feature = KD_KINDS[kd]
+        self.feature = feature if teachers else None
+        self.stages = STAGES if self.feature else ()
+        # Always a ModuleDict (empty unless hints are on) so fit's optimizer and checkpoints see one shape.
+        self.adapters = make_adapters(student, teachers[0]) if self.feature == "hint" else nn.ModuleDict()
+        for t in teachers:
+            t.eval().requires_grad_(False)
 
-    def teacher_logits(self, batch: Batch) -> torch.Tensor | None:
-        if self.teacher is None or self.alpha == 0:
-            return None
-        with torch.no_grad():
-            return self.teacher(batch.x)
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self.teachers[0] if len(self.teachers) else None
+
+    def teacher_outputs(self, batch: Batch) -> tuple[list[torch.Tensor] | None, dict[str, torch.Tensor]]:
+        """Every teacher's logits (None when the loss has no KL term) and the first one's stage outputs."""
+        if not self.teachers or (self.feature is None and self.alpha == 0):
+            return None, {}
+        if self.cache is not None and self.feature is None and len(self.teachers) == 1:
+            return [self.cache.lookup(batch.index, batch.view)], {}  # FKD: the recorded view's soft labels
+        with torch.no_grad(), capture(self.teachers[0], self.stages) as feats:
+            first = self.teachers[0](batch.x)
+            logits = [first, *(t(batch.x) for t in self.teachers[1:])] if self.uses_logits and self.alpha else None
+        return logits, feats
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.student(batch.x)
-        parts = kd_loss(logits, self.teacher_logits(batch), batch.y, self.temperature, self.alpha)
-        return logits, parts
+        with capture(self.student, self.stages) as student_feats:
+            logits = self.student(batch.x)
+        teacher_logits, teacher_feats = self.teacher_outputs(batch)
+        parts = kd_loss(logits, teacher_logits, batch.y, self.temperature, self.alpha if self.uses_logits else 0.0,
+                        self.teacher_weights)
+        if self.feature == "at":
+            term = attention_loss(student_feats, teacher_feats)["loss"]
+        elif self.feature == "hint":
+            term = hint_loss(student_feats, teacher_feats, self.adapters)["loss"]
+        else:
+            return logits, parts
+        # beta/2: the weighting of Zagoruyko & Komodakis' code and of FitNets' hint loss.
+        return logits, {**parts, "loss": parts["loss"] + self.beta / 2 * term, self.feature: term}
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # the teacher's BatchNorm statistics are frozen
+        for t in self.teachers:
+            t.eval()  # the teachers' BatchNorm statistics are frozen
         return self
 
 

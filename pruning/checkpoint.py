@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pruning.errors import UserError
+from pruning.faults import fault_point
 from pruning.model import build_from_plan, channel_plan
 
 
@@ -34,6 +35,7 @@ def atomic_save(obj, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        fault_point("checkpoint_replace")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

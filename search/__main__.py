@@ -1,0 +1,104 @@
+"""Search per-layer pruning ratios, KD temperature and alpha against an accuracy/cost Pareto front.
+
+    python -m search --preset demo                               # no download: synthetic data, minutes on a CPU
+    python -m search --preset quick --n-trials 40                # CIFAR-100 at 32 px
+    python -m search --study-name r50 --n-trials 100             # the full protocol (224 px), resumable
+    python -m search --study-name r50 --n-trials 100 --n-workers 4   # 4 processes, one per GPU
+    python -m search --space stage --sampler nsga2 --objective-cost flops --max-flops 1000000000
+    optuna-dashboard studies.db                                  # browse the study (journal file)
+    python -m search.retrain --study-name r50 --trials front     # retrain the front with the full budget
+    python -m search --help                                      # every flag
+
+Rerunning the same command resumes: the study (``--storage``, default the journal file studies.db)
+grows to ``--n-trials`` COMPLETE trials; nothing finished is redone. Outputs go to
+``<out>/<study_name>/``: config.json, teacher.pt (trained once when --teacher is not given),
+trials/trial_N.pt (pruned checkpoints, see --keep-checkpoints).
+
+Many machines, one study: give every machine the same ``--storage postgresql://user:pass@host/db``
+(or a journal file on a shared filesystem), the same flags, and either a shared ``--out`` or the same
+``--teacher PATH``; then run the same command on each (``--n-workers`` per machine).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage
+
+from distill.config import config_diff, config_dict, parse_config
+from distill.results import prepare_out_dir, versions
+from pruning.errors import UserError, run_cli
+from pruning.model import build_resnet50, prunable_layers
+from search.config import SEARCH_PRESETS, SearchConfig
+from search.objective import lock_path, prepare_teacher
+from search.space import baseline_plans
+from search.storage import file_lock, open_storage, redact
+from search.worker import spawn_workers, work
+
+
+def run(cfg: SearchConfig) -> optuna.Study:
+    """Run (or resume) the study ``cfg`` describes until it has ``n_trials`` COMPLETE trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own summary line
+    storage = open_storage(cfg.storage)  # first: a wrong --storage fails in seconds, not after the teacher
+    prepare_out_dir(cfg.study_dir, config_dict(cfg), cfg.force)
+    teacher = prepare_teacher(cfg)
+    study = prepare_study(cfg, teacher, storage)
+    if cfg.n_workers == 1:
+        work(cfg, 0, teacher)
+    else:
+        spawn_workers(cfg, teacher)
+    print_front(cfg, study)
+    return study
+
+
+def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> optuna.Study:
+    """Create or reopen the study; refuse a different config; queue the baseline's uniform plans."""
+    with file_lock(lock_path(cfg)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study = optuna.create_study(study_name=cfg.study_name, storage=storage, load_if_exists=True,
+                                    directions=["maximize", "minimize"])
+        if [d.name for d in study.directions] != ["MAXIMIZE", "MINIMIZE"]:
+            raise UserError(f"study {cfg.study_name!r} in {redact(cfg.storage)} is not an accuracy/cost study; "
+                            f"choose another --study-name")
+        recorded = study.user_attrs.get("config")
+        if recorded is not None and not cfg.force:
+            diff = config_diff(recorded, config_dict(cfg))
+            if diff:
+                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
+                raise UserError(f"study {cfg.study_name!r} was run with a different config ({shown}); use another "
+                                f"--study-name, or --force to continue it anyway")
+        if recorded is None or cfg.force:
+            study.set_metric_names(["accuracy", cfg.cost_name])
+            study.set_user_attr("config", config_dict(cfg))
+            study.set_user_attr("teacher", str(teacher))
+            study.set_user_attr("versions", versions())
+        layers = prunable_layers(build_resnet50(2))
+        for params in baseline_plans(cfg, layers):
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def print_front(cfg: SearchConfig, study: optuna.Study) -> None:
+    """The Pareto front, cheapest first, and the commands that come next."""
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    print(f"Pareto front of {cfg.study_name!r} ({len(front)} of {len(study.trials)} trials; accuracy on the "
+          f"held-out split, test accuracy for reference):")
+    for t in front:
+        a, cost = t.user_attrs, t.values[1]
+        shown = f"{cost:.3f}" if cfg.objective_cost == "latency" else f"{cost:,.0f}"
+        print(f"  trial {t.number:>3}: {cfg.cost_name} {shown} | val top-1 {t.values[0]:.2f}% | test top-1 "
+              f"{a.get('test_top1', float('nan')):.2f}% | {a.get('checkpoint') or 'no checkpoint'}")
+    storage = redact(cfg.storage)
+    print(f"browse: optuna-dashboard {storage} | retrain: python -m search.retrain --study-name {cfg.study_name} "
+          f"--storage {storage} --trials front")
+
+
+def main(argv: list[str] | None = None) -> optuna.Study | None:
+    return run_cli(lambda: run(parse_config(argv, SearchConfig, __doc__, SEARCH_PRESETS)), argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,86 @@
+"""The search's config: every field of the baseline's ``RunConfig`` plus the study's own fields.
+
+Each field is a CLI flag of ``python -m search`` (``n_trials`` -> ``--n-trials``), recorded in the
+study (user attr ``config``) and in ``<out>/<study_name>/config.json``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.config import PRESETS, RunConfig, opt
+from pruning.errors import UserError
+
+COST_NAMES = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+
+
+@dataclass(frozen=True)
+class SearchConfig(RunConfig):
+    # --- study ---
+    study_name: str = opt("resnet50-cifar100", "Optuna study name; outputs go to <out>/<study_name>/")
+    storage: str = opt("studies.db", "Optuna storage: a journal file path (opens with `optuna-dashboard PATH`, safe "
+                                     "for several processes and for NFS) or an RDB URL (sqlite:///x.db, "
+                                     "postgresql://user:pass@host/db) for workers on many machines")
+    n_trials: int = opt(100, "run until the study has this many COMPLETE trials (a rerun tops up, nothing is redone)")
+    n_workers: int = opt(1, "worker processes on this machine sharing the study (one per GPU when several are visible)")
+    # TPE is the default: it is multi-objective (MOTPE), handles the constraints, spreads parallel workers
+    # with its constant liar, and learns from tens of trials, what a pruning search can afford. NSGA-II
+    # needs populations of ~50 over many generations; GP fits a kernel over 30+ dimensions per trial
+    # (fine for short studies, costly for long ones); random is the sanity check.
+    sampler: str = opt("tpe", "Optuna sampler", ("tpe", "nsga2", "gp", "random"))
+    # --- search space ---
+    space: str = opt("layer", "one pruning ratio per prunable layer, per stage (layer1..4) or per bottleneck block",
+                     ("layer", "stage", "block"))
+    max_ratio: float = opt(0.9, "largest ratio the search may pick for a layer (0.9 keeps 10% of its channels)")
+    search_kd: bool = opt(False, "also search the KD loss (--kd choices) and --beta (log scale)")
+    # --- objectives and budgets ---
+    objective_cost: str = opt("params", "second objective, minimised: params, flops (MACs) or latency (ms, batch 1, "
+                                        "on the run's device)", tuple(COST_NAMES))
+    max_params: int = opt(0, "budget: trials with more parameters are infeasible (Optuna constraint; 0 = none)")
+    max_flops: int = opt(0, "budget: trials with more FLOPs (MACs) are infeasible (Optuna constraint; 0 = none)")
+    # --- one trial ---
+    prune_steps: int = opt(1, "apply a trial's plan in this many iterative sub-steps, with KD after each")
+    trial_epochs: int = opt(3, "KD epochs after each sub-step of a trial (screening; python -m search.retrain "
+                               "gives the chosen plans the full --epochs-per-step/--final-epochs)")
+    trial_subset: int = opt(10000, "training images a trial trains on (0 = all); validation uses the held-out split")
+    keep_checkpoints: str = opt("front", "pruned checkpoints kept in trials/: of every trial, of the trials on the "
+                                         "current Pareto front, or none", ("all", "front", "none"))
+    # --- overridden defaults of RunConfig ---
+    out: str = opt("runs/search", "output directory; the study's files go to <out>/<study_name>/")
+    val_fraction: float = opt(0.1, "fraction of the training set held out as the validation set the search "
+                                   "optimises (the test set is only reported, so the search cannot overfit it)")
+
+    def __post_init__(self):
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction {self.val_fraction}: the search needs a held-out split of the training "
+                            f"set (e.g. 0.1); it never validates on the test set")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise UserError(f"--max-ratio {self.max_ratio}: must be in (0, 1) (0.9 keeps 10% of a layer)")
+        for name in ("n_trials", "n_workers", "prune_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        for name in ("trial_epochs", "trial_subset", "max_params", "max_flops"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0 (0 = off/all)")
+        if not self.study_name or "/" in self.study_name:
+            raise UserError(f"--study-name {self.study_name!r}: give a non-empty name without '/'")
+
+    @property
+    def cost_name(self) -> str:
+        """The second objective's metric name and user attr (``params``, ``flops`` or ``latency_ms``)."""
+        return COST_NAMES[self.objective_cost]
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out) / self.study_name
+
+
+SEARCH_PRESETS: dict[str, dict] = {
+    "seed": {},
+    # The baseline's quick preset (CIFAR-100 at 32 px, 5000 images), with trials of one epoch on 2000 images.
+    "quick": {**PRESETS["quick"], "out": "runs/search", "study_name": "quick", "n_trials": 20, "trial_epochs": 1,
+              "trial_subset": 2000},
+    # No download: synthetic data, random init; a few minutes on a laptop CPU.
+    "demo": {**PRESETS["demo"], "out": "runs/search", "study_name": "demo", "n_trials": 6, "trial_epochs": 1,
+             "trial_subset": 500},
+}

@@ -1,0 +1,61 @@
+"""Each benchmark's --smoke run finishes and writes sane JSON (speed itself is not tested)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import latency, prune_step, train_throughput
+
+
+def run_smoke(module, tmp_path, *extra) -> dict:
+    path = tmp_path / "out.json"
+    returned = module.main(["--smoke", "--json", str(path), *extra])
+    written = json.loads(path.read_text())
+    assert written["smoke"] is True and written["machine"]["device"]
+    assert written.keys() == returned.keys()
+    return written
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_train_throughput_smoke(tmp_path):
+    result = run_smoke(train_throughput, tmp_path)
+    for key in ("toolkit_vs_bare", "kd_vs_ce", "cached_kd_vs_ce"):
+        assert positive(result[key])
+    assert result["toolkit_vs_bare"] == pytest.approx(result["students"]["pruned_1"]["toolkit_vs_bare"])
+    variants = {(r["student"], r["variant"]) for r in result["rows"]}
+    assert variants == {(s, v) for s in ("dense", "pruned_1") for v in ("bare", "ce", "kd", "kd_cached")}
+    assert all(positive(r["images_per_s"]) for r in result["rows"])
+    dense, pruned = (result["students"][s]["params"] for s in ("dense", "pruned_1"))
+    assert pruned < dense
+    assert {r["loader"] for r in result["loaders"]} == {"gpu_resident", "dataloader"}
+    assert all(positive(r["train_images_per_s"]) and positive(r["load_images_per_s"]) for r in result["loaders"])
+    assert positive(result["cache_build"]["views_per_s"])
+
+
+def test_prune_step_smoke_times_both_backends_and_they_agree(tmp_path):
+    pytest.importorskip("nni")
+    result = run_smoke(prune_step, tmp_path)
+    assert set(result["seconds_per_step"]) == {"nni", "torch-pruning"}
+    assert all(positive(s) for s in result["seconds_per_step"].values())
+    assert result["same_channels"] is True and result["max_abs_diff"] == 0.0
+    assert [r["step"] for r in result["rows"]] == [1, 1]
+
+
+def test_latency_smoke_rows(tmp_path):
+    result = run_smoke(latency, tmp_path)
+    rows = result["rows"]
+    assert {r["memory_format"] for r in rows} == {"contiguous", "channels_last"}
+    for r in rows:
+        assert {"step", "params", "flops", "speedup", "speedup_over_flops_reduction"} <= r.keys()
+        assert positive(r["ms"]) and positive(r["speedup"])
+        if r["step"] == 0:
+            assert r["speedup"] == 1.0 and r["flops_reduction"] == 1.0
+        else:
+            assert r["flops_reduction"] > 1.0 and r["params"] < 23_712_932
+            assert r["speedup_over_flops_reduction"] == pytest.approx(r["speedup"] / r["flops_reduction"])
+    assert len(result["memory_formats"]) == 2  # dense and step 1, both formats timed

@@ -6,15 +6,18 @@ import datetime
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
 
 from distill.results import atomic_write_text
+from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import target_plan
 
 NUM_CLASSES = 100  # CIFAR-100's classifier: the model every benchmark times
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
@@ -22,6 +25,9 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI): checks the code, not speed")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time: steadier for CPU runs on a machine shared "
+                             "with other jobs (best with --threads 1) [default: wall]")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
 
@@ -75,3 +81,10 @@ def write_json(path: str, result: dict) -> None:
 def set_threads(threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
+
+
+def clock(name: str, devices) -> callable:
+    """The timer ``--clock`` names; CPU time cannot time GPU work."""
+    if name == "cpu" and any(torch.device(d).type == "cuda" for d in devices):
+        raise UserError("--clock cpu times CPU work only; use --clock wall on CUDA")
+    return CLOCKS[name]

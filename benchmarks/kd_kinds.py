@@ -1,6 +1,7 @@
 """Training images/s of each ``--kd`` kind relative to plain logits KD (issue 7): what the richer losses cost.
 
     python benchmarks/kd_kinds.py                                   # 32 px, batch 64, dense + 10-step pruned
+    python benchmarks/kd_kinds.py --clock cpu --threads 1       # steadier on a CPU shared with other jobs
     python benchmarks/kd_kinds.py --device cuda --image-size 224 --batch-size 64
     python benchmarks/kd_kinds.py --smoke --json /tmp/kd_kinds.json # seconds: checks the code, not speed
 
@@ -17,7 +18,8 @@ import sys
 
 import torch
 
-from benchmarks.common import NUM_CLASSES, base_parser, machine, plan_after, print_table, set_threads, write_json
+from benchmarks.common import (NUM_CLASSES, base_parser, clock, machine, plan_after, print_table, set_threads,
+                               write_json)
 from benchmarks.train_throughput import best_of_rounds, toolkit_epoch
 from distill.data import TensorLoader, synthetic_split
 from distill.losses import KD_KINDS
@@ -44,8 +46,8 @@ def parse_args(argv: list[str] | None):
 
 
 def variants(student, teacher, loader, rt) -> dict:
-    """kind -> thunk returning images/s; each thunk builds its Distiller (and so its fresh adapters)."""
-    second = prepare(copy.deepcopy(student), rt)
+    """kind -> thunk training one epoch (returns its images); each builds its Distiller (fresh adapters)."""
+    second = copy.deepcopy(student)
 
     def kind(teachers, kd: str):
         return lambda: toolkit_epoch(Distiller(student, teachers, TEMPERATURE, ALPHA, kd, BETA), loader, rt)
@@ -59,22 +61,24 @@ def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
     rt = make_runtime(args.device, amp=True, progress=False)
+    timer = clock(args.clock, [rt.device])
     torch.manual_seed(0)
     split = synthetic_split(NUM_CLASSES, args.batch_size * args.batches, seed=0)
     loader = TensorLoader(split, args.batch_size, rt.device, args.image_size, train=True)
-    teacher = prepare(build_resnet50(NUM_CLASSES, "none"), rt)
+    teacher = prepare(build_resnet50(NUM_CLASSES, "none"), rt, args.image_size)
     students = {"dense": build_resnet50(NUM_CLASSES, "none"),
                 f"pruned_{args.pruned_steps}": build_from_plan(NUM_CLASSES, plan_after(args.pruned_steps))}
     rows, vs_logits = [], {}
     for name, student in students.items():
-        student = prepare(student, rt)
-        ips = best_of_rounds(variants(student, teacher, loader, rt), args.rounds)
+        student = prepare(student, rt, args.image_size)
+        ips = best_of_rounds(variants(student, teacher, loader, rt), args.rounds, rt, timer)
         vs_logits[name] = {kd: x / ips["logits"] for kd, x in ips.items()}
         rows += [{"student": name, "params": count_params(student), "kd": kd, "images_per_s": x,
                   "vs_logits": x / ips["logits"]} for kd, x in ips.items()]
     print_table(rows, ["student", "params", "kd", "images_per_s", "vs_logits"],
-                f"training images/s by --kd on {rt.device} at {args.image_size} px, batch {args.batch_size}")
-    result = {"machine": machine(rt.device), "smoke": args.smoke, "image_size": args.image_size,
+                f"training images/s ({args.clock} clock) by --kd on {rt.device} at {args.image_size} px, "
+                f"batch {args.batch_size}")
+    result = {"machine": machine(rt.device), "smoke": args.smoke, "clock": args.clock, "image_size": args.image_size,
               "batch_size": args.batch_size, "amp_dtype": str(rt.amp_dtype), "pruned_steps": args.pruned_steps,
               "vs_logits": vs_logits, "rows": rows}
     write_json(args.json, result)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import NUM_CLASSES, base_parser, machine, plan_after, print_table, set_threads, write_json
+from benchmarks.common import (NUM_CLASSES, base_parser, clock, machine, plan_after, print_table, set_threads,
+                               write_json)
 from pruning.errors import UserError, run_cli
 from pruning.measure import count_flops, count_params, latency_ms
 from pruning.model import build_from_plan
@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None):
         args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" in args.devices and not torch.cuda.is_available():
         raise UserError("--devices cuda: CUDA is not available here; use --devices cpu")
+    clock(args.clock, args.devices)  # refuse --clock cpu with CUDA before timing anything
     if 0 not in args.steps:
         args.steps = [0, *args.steps]  # every speedup is relative to the dense model
     return args
@@ -67,7 +68,7 @@ def time_models(args) -> list[dict]:
                     x = torch.randn(batch, 3, size, size, device=device).to(memory_format=FORMATS[fmt])
                     for (round_to, step), model in models.items():
                         model = model.to(device=device, memory_format=FORMATS[fmt])
-                        ms = latency_ms(model, x, args.warmup, args.repeats)
+                        ms = latency_ms(model, x, args.warmup, args.repeats, clock(args.clock, [device]))
                         rows.append(row(stats[round_to, step, size], "torch", device, size, fmt, batch,
                                         round_to, step, ms))
     for round_to, step in models if args.onnx else ():
@@ -94,11 +95,12 @@ def onnx_rows(model, args, round_to: int, step: int, stats: dict) -> list[dict]:
             for batch in args.batches:
                 x = torch.randn(batch, 3, size, size).numpy()
                 times = []
+                timer = clock(args.clock, ["cpu"])
                 for i in range(args.warmup + args.repeats):
-                    start = time.perf_counter()
+                    start = timer()
                     session.run(None, {"images": x})
                     if i >= args.warmup:
-                        times.append((time.perf_counter() - start) * 1e3)
+                        times.append((timer() - start) * 1e3)
                 ms = sorted(times)[len(times) // 2]
                 rows.append(row(stats[round_to, step, size], "onnxruntime", "cpu", size, "contiguous", batch,
                                 round_to, step, ms))
@@ -142,7 +144,8 @@ def run(argv: list[str] | None) -> dict:
     if formats:
         print()
         print_table(formats, list(formats[0]), "channels_last vs contiguous")
-    result = {"machine": machine(args.devices[-1]), "smoke": args.smoke, "rows": rows, "memory_formats": formats}
+    result = {"machine": machine(args.devices[-1]), "smoke": args.smoke, "clock": args.clock, "rows": rows,
+              "memory_formats": formats}
     write_json(args.json, result)
     return result
 

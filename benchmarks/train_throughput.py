@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from benchmarks.common import NUM_CLASSES, base_parser, machine, plan_after, print_table, set_threads, write_json
+from benchmarks.common import (NUM_CLASSES, base_parser, clock, machine, plan_after, print_table, set_threads,
+                               write_json)
 from distill.data import MEAN, STD, FolderLoader, TensorLoader, TensorSplit, synthetic_split
 from distill.teacher_cache import build
 from distill.trainer import Distiller, Runtime, make_optimizer, make_runtime, prepare, train_one_epoch
-from pruning.errors import run_cli
+from pruning.errors import UserError, run_cli
 from pruning.measure import count_params
 from pruning.model import build_from_plan, build_resnet50
 
@@ -86,32 +86,28 @@ def sync(rt: Runtime) -> None:
         torch.cuda.synchronize(rt.device)
 
 
-def bare_loop(model, batches: list, rt: Runtime) -> float:
-    """(a) images/s of the simplest correct loop: forward, CE, backward, Adam step."""
+def bare_loop(model, batches: list, rt: Runtime) -> int:
+    """(a) the simplest correct loop: forward, CE, backward, Adam step. Returns the images trained on."""
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    sync(rt)
-    start = time.perf_counter()
     for x, y in batches:
         with rt.autocast():
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    sync(rt)
-    return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
+    return sum(len(y) for _, y in batches)
 
 
-def toolkit_epoch(distiller: Distiller, loader, rt: Runtime) -> float:
-    """(b)-(d) images/s of one ``train_one_epoch`` (its own timer; it ends with a host sync)."""
+def toolkit_epoch(distiller: Distiller, loader, rt: Runtime) -> int:
+    """(b)-(d) one ``train_one_epoch``, as ``fit`` runs it. Returns the images trained on."""
     params = [p for p in distiller.parameters() if p.requires_grad]
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
-    metrics = train_one_epoch(distiller, loader, make_optimizer(params, LR, 0.0), rt, scaler)
-    return metrics["images"] / metrics["wall_s"]
+    return train_one_epoch(distiller, loader, make_optimizer(params, LR, 0.0), rt, scaler)["images"]
 
 
 def trainer_variants(student, teacher, cache, loader: TensorLoader, rt: Runtime) -> dict:
-    """name -> thunk returning images/s, all on the same student, batches and device."""
+    """name -> thunk returning the images it trained on, all on the same student, batches and device."""
     batches = [(b.x, b.y) for b in loader]
     cached = Distiller(student, teacher, TEMPERATURE, ALPHA)
     cached.cache = cache
@@ -129,14 +125,22 @@ def trainer_variants(student, teacher, cache, loader: TensorLoader, rt: Runtime)
             "kd_cached": with_cache}
 
 
-def best_of_rounds(variants: dict, rounds: int) -> dict[str, float]:
-    """One untimed warm-up pass of each variant, then ``rounds`` interleaved passes; the best of each."""
+def images_per_s(thunk, rt: Runtime, timer) -> float:
+    sync(rt)
+    start = timer()
+    images = thunk()
+    sync(rt)
+    return images / (timer() - start)
+
+
+def best_of_rounds(variants: dict, rounds: int, rt: Runtime, timer) -> dict[str, float]:
+    """images/s: one untimed warm-up pass of each variant, then ``rounds`` interleaved passes; the best."""
     for thunk in variants.values():
         thunk()
     best = {name: 0.0 for name in variants}
     for _ in range(rounds):
         for name, thunk in variants.items():
-            best[name] = max(best[name], thunk())
+            best[name] = max(best[name], images_per_s(thunk, rt, timer))
     return best
 
 
@@ -145,53 +149,52 @@ def ratios(ips: dict[str, float]) -> dict[str, float]:
             "cached_kd_vs_ce": ips["kd_cached"] / ips["ce"]}
 
 
-def loader_comparison(split: TensorSplit, args, rt: Runtime) -> list[dict]:
+def loader_comparison(split: TensorSplit, args, rt: Runtime, timer) -> list[dict]:
     """CE training images/s (and loading alone) with the GPU-resident loader vs a per-image DataLoader."""
     rows = []
     for size in args.loader_sizes:
-        student = prepare(build_resnet50(NUM_CLASSES, "none"), rt)
+        student = prepare(build_resnet50(NUM_CLASSES, "none"), rt, size)
         distiller = Distiller(student, None, TEMPERATURE, ALPHA)
         loaders = {"gpu_resident": TensorLoader(split, args.batch_size, rt.device, size, train=True),
                    "dataloader": FolderLoader(PerImageDataset(split, size), args.batch_size, rt.device, train=True,
                                               workers=args.workers)}
         for name, loader in loaders.items():
-            load = best_of_rounds({"load": lambda: load_only(loader, rt)}, args.rounds)["load"]
-            train = best_of_rounds({"train": lambda: toolkit_epoch(distiller, loader, rt)}, args.rounds)["train"]
+            load = best_of_rounds({"load": lambda: load_only(loader)}, args.rounds, rt, timer)["load"]
+            train = best_of_rounds({"train": lambda: toolkit_epoch(distiller, loader, rt)}, args.rounds, rt,
+                                   timer)["train"]
             rows.append({"loader": name, "image_size": size, "workers": args.workers if name == "dataloader" else 0,
                          "load_images_per_s": load, "train_images_per_s": train})
     return rows
 
 
-def load_only(loader, rt: Runtime) -> float:
-    sync(rt)
-    start, n = time.perf_counter(), 0
-    for batch in loader:
-        n += len(batch.y)
-    sync(rt)
-    return n / (time.perf_counter() - start)
+def load_only(loader) -> int:
+    return sum(len(batch.y) for batch in loader)
 
 
 def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
     rt = make_runtime(args.device, args.amp, progress=False)
+    timer = clock(args.clock, [rt.device])
     if args.loader_sizes is None:  # the loader comparison matters where a 2-core host could starve a GPU
         args.loader_sizes = [32, 224] if rt.device.type == "cuda" else []
+    if args.clock == "cpu" and args.loader_sizes and args.workers:
+        raise UserError("--clock cpu does not see DataLoader worker processes: add --workers 0 or use --clock wall")
     torch.manual_seed(0)
     split = synthetic_split(NUM_CLASSES, args.batch_size * args.batches, seed=0)
     loader = TensorLoader(split, args.batch_size, rt.device, args.image_size, train=True)
-    teacher = prepare(build_resnet50(NUM_CLASSES, "none"), rt)
-    start = time.perf_counter()
+    teacher = prepare(build_resnet50(NUM_CLASSES, "none"), rt, args.image_size)
+    start = timer()
     cache = build(teacher, loader, args.cache_views, rt)
     sync(rt)
-    cache_s = time.perf_counter() - start
+    cache_s = timer() - start
     students = {"dense": build_resnet50(NUM_CLASSES, "none"),
                 f"pruned_{args.pruned_steps}": build_from_plan(NUM_CLASSES, plan_after(args.pruned_steps))}
     rows, summary = [], {}
     for name, student in students.items():
-        student = prepare(student, rt)
+        student = prepare(student, rt, args.image_size)
         student = torch.compile(student) if args.compile else student
-        ips = best_of_rounds(trainer_variants(student, teacher, cache, loader, rt), args.rounds)
+        ips = best_of_rounds(trainer_variants(student, teacher, cache, loader, rt), args.rounds, rt, timer)
         summary[name] = {"params": count_params(student), **ratios(ips)}
         rows += [{"student": name, "params": count_params(student), "variant": v, "images_per_s": x}
                  for v, x in ips.items()]
@@ -200,7 +203,7 @@ def run(argv: list[str] | None) -> dict:
     print()
     print_table([{"student": k, **v} for k, v in summary.items()],
                 ["student", "params", "toolkit_vs_bare", "kd_vs_ce", "cached_kd_vs_ce"], "ratios")
-    loaders = loader_comparison(split, args, rt) if args.loader_sizes else []
+    loaders = loader_comparison(split, args, rt, timer) if args.loader_sizes else []
     if loaders:
         print()
         print_table(loaders, list(loaders[0]), "GPU-resident loader vs per-image DataLoader (CE training)")
@@ -208,7 +211,7 @@ def run(argv: list[str] | None) -> dict:
     views = len(split) * args.cache_views
     result = {"machine": machine(rt.device), "smoke": args.smoke, "image_size": args.image_size,
               "batch_size": args.batch_size, "amp_dtype": str(rt.amp_dtype), "pruned_steps": args.pruned_steps,
-              "compile": args.compile,
+              "compile": args.compile, "clock": args.clock,
               **{k: pruned[k] for k in ("toolkit_vs_bare", "kd_vs_ce", "cached_kd_vs_ce")},
               "students": summary, "rows": rows, "loaders": loaders,
               "cache_build": {"views": views, "wall_s": cache_s, "views_per_s": views / cache_s}}

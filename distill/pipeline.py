@@ -102,9 +102,9 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
             resume = {"optimizer": ckpt["optimizer"], "epoch": ckpt["meta"]["epoch"]}
             history = ckpt["meta"].get("history", [])
             adapters = ckpt.get("adapters", {})
-    student = prepare(student, rt)
+    student = prepare(student, rt, cfg.image_size)
     teachers = None if teacher is None else [
-        teacher, *(prepare(load_teacher(path, sess.data.num_classes), rt) for path in cfg.teachers)]
+        teacher, *(prepare(load_teacher(path, sess.data.num_classes), rt, cfg.image_size) for path in cfg.teachers)]
     distiller = Distiller(student, teachers, temperature, alpha, cfg.kd if kd is None else kd,
                           cfg.beta if beta is None else beta, cfg.teacher_weights or None)
     if adapters:

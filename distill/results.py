@@ -115,6 +115,13 @@ def git_commit() -> str:
     return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
+def holds_results(out: Path) -> bool:
+    """Whether ``out`` holds anything to resume. A first attempt that failed on bad input leaves only
+    config.json and TensorBoard's empty log, and must not block the corrected command (issue 6)."""
+    return any(p.is_file() and p.name != "config.json" and not p.name.startswith(".")
+               and p.relative_to(out).parts[0] != "tb" for p in out.rglob("*"))
+
+
 def prepare_out_dir(out: str | Path, config: dict, force: bool = False) -> Path:
     """Create ``out`` (or reopen it to resume) and record ``config.json``.
 
@@ -131,7 +138,7 @@ def prepare_out_dir(out: str | Path, config: dict, force: bool = False) -> Path:
     except OSError as exc:
         raise UserError(f"--out {out}: not writable ({exc.strerror}); choose another directory") from None
     record = out / "config.json"
-    if record.exists() and not force:
+    if record.exists() and not force and holds_results(out):
         try:
             previous = json.loads(record.read_text())["config"]
         except (json.JSONDecodeError, KeyError):

@@ -44,10 +44,6 @@ class TeacherCache:
         self.slots = torch.full((n, NUM_VIEWS), -1, dtype=torch.int16)
         self.slots.scatter_(1, self.views.long(), torch.arange(k, dtype=torch.int16).expand(n, k).contiguous())
 
-    @property
-    def num_views(self) -> int:
-        return self.views.shape[1]
-
     def lookup(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """The cached teacher logits of images ``index`` (dataset indices) seen as ``view``."""
         if index is None or view is None:

@@ -217,6 +217,6 @@ def summarize(history: list[dict]) -> dict[str, float]:
     return out
 
 
-def prepare(model: nn.Module, rt: Runtime) -> nn.Module:
-    """Move a model to the run's device in the memory format that is fastest there."""
-    return to_memory_format(model, rt.device)
+def prepare(model: nn.Module, rt: Runtime, image_size: int | None = None) -> nn.Module:
+    """Move a model to the run's device in the memory format that is fastest there (at ``image_size``)."""
+    return to_memory_format(model, rt.device, image_size)

@@ -27,11 +27,12 @@ from PIL import Image
 import distill.trainer
 from baselines import iterative
 from conftest import TINY, tiny_argv
-from distill.config import RunConfig, make_config
+from distill.config import RunConfig, config_dict, make_config
 from distill.data import load_data
-from distill.results import read_csv
+from distill.results import prepare_out_dir, read_csv
 from pruning import faults
 from pruning.checkpoint import load_pruned, save_pruned
+from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan, prunable_layers
 from search.__main__ import main as search_main
 from search.config import SearchConfig
@@ -40,7 +41,7 @@ from search.storage import STALE_REASON, load_study
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND = "torch-pruning" if importlib.util.find_spec("torch_pruning") else "nni"
 # One batch of 32 per epoch and two epochs per stage, so that a kill can fall between two epochs.
-KILL = {**TINY, "synthetic_train": 32, "backend": BACKEND, "teacher_epochs": 2, "steps": 2, "epochs_per_step": 2}
+KILL = {**TINY, "synthetic_train": 32, "backend": BACKEND, "teacher_epochs": 2, "steps": 1, "epochs_per_step": 2}
 SEARCH = {**TINY, "backend": BACKEND, "trial_epochs": 1, "trial_subset": 16, "keep_checkpoints": "none",
           "study_name": "rel", "storage": "studies.db", "out": "runs"}
 CHECKPOINTS = "check_points"
@@ -127,7 +128,7 @@ def test_baseline_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path, 
     teacher.unlink()
     rows = iterative.main(argv)
 
-    assert [r["step"] for r in read_csv(out / "pruning_logs.csv")] == [0, 1, 2]  # each step exactly once
+    assert [r["step"] for r in read_csv(out / "pruning_logs.csv")] == [0, 1]  # each step exactly once
     for row in rows:
         model, meta = load_pruned(out / CHECKPOINTS / f"step_{row['step']:03d}.pt")
         assert meta["step"] == row["step"] and channel_plan(model)["layer1.0.conv1"] == row["ch/layer1.0.conv1"]
@@ -224,6 +225,18 @@ def test_bad_input_is_one_line_exit_2_before_any_result(case, tiny_cfg, tmp_path
     assert not (ROOT / "pwned").exists() and not Path("pwned").exists()  # the pickled os.system never ran
 
 
+def test_a_failed_first_attempt_does_not_block_the_corrected_command(tiny_cfg, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        iterative.main(tiny_argv(tiny_cfg, data=f"imagefolder:{tmp_path / 'typo'}"))
+    capsys.readouterr()
+    fixed = config_dict(tiny_cfg)
+    prepare_out_dir(out, fixed)  # config.json of the failed attempt, but no results: not "a different run"
+    (out / "pruning_logs.csv").write_text("step\n0\n")
+    with pytest.raises(UserError, match=r"different config \(lr: 0.0001 -> 0.5\)"):
+        prepare_out_dir(out, {**fixed, "lr": 0.5})  # with results it is
+
+
 @pytest.mark.parametrize("main, argv, message", [
     (iterative.main, ["--preset", "fast"], "argument --preset: invalid choice: 'fast'"),
     (iterative.main, ["--epoch-per-step", "3"], "unrecognized arguments: --epoch-per-step"),
@@ -263,7 +276,7 @@ def test_corrupt_images_are_skipped_with_a_count(tmp_path, capsys):
 def test_disk_full_keeps_the_previous_results(tiny_cfg, tmp_path, monkeypatch, capsys):
     """ENOSPC when step 1's row is about to replace pruning_logs.csv: one line, the old CSV intact, resumable."""
     out, real_replace, seen = tmp_path / "run", os.replace, {}
-    argv = tiny_argv(tiny_cfg, synthetic_train=32)
+    argv = tiny_argv(tiny_cfg, synthetic_train=32, backend=BACKEND)
 
     def full_disk(src, dst):
         if Path(dst).name == "pruning_logs.csv" and Path(dst).exists():
@@ -289,7 +302,7 @@ def test_nan_loss_stops_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, tm
     """--lr 1e30 (the teacher keeps --teacher-lr): step 1's first update blows the weights up, the loss is NaN."""
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        iterative.main(tiny_argv(tiny_cfg, lr=1e30))
+        iterative.main(tiny_argv(tiny_cfg, lr=1e30, backend=BACKEND))
     assert exc.value.code == 2
     assert re.search(r"step_001 epoch 1/1: the training loss became (nan|inf).*lower --lr",
                      error_line(capsys.readouterr().err))

@@ -78,9 +78,11 @@ def write_json(path: str, result: dict) -> None:
         print(f"-> {path}")
 
 
-def set_threads(threads: int) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+def set_threads(threads: int, smoke: bool = False) -> None:
+    """``--threads``; a smoke run's tiny tensors are dispatch-bound, so it takes one thread unless told
+    otherwise (on a 2-core machine shared with other jobs, two spinning threads made it 3-10x slower)."""
+    if threads or smoke:
+        torch.set_num_threads(threads or 1)
 
 
 def clock(name: str, devices) -> callable:

@@ -5,6 +5,7 @@
     python benchmarks/latency.py --devices cpu --sizes 32 224 --steps 0 --batches 64   # memory formats only
     python benchmarks/latency.py --devices cuda --round-to 1 8      # odd widths vs multiples of 8 (tensor cores)
     python benchmarks/latency.py --onnx                             # also time the ONNX export (onnxruntime, CPU)
+    python benchmarks/latency.py --devices cpu --threads 1 --clock cpu  # steadier on a CPU shared with other jobs
     python benchmarks/latency.py --smoke --json /tmp/latency.json   # seconds: checks the code path
 
 For every device x image size x memory format x batch, each pruned model is timed against the dense
@@ -15,6 +16,7 @@ from their plans with random weights (timing does not depend on the weights). Ti
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 
 from benchmarks.common import (NUM_CLASSES, base_parser, clock, machine, plan_after, print_table, set_threads,
                                write_json)
+from distill.trainer import make_runtime
 from pruning.errors import UserError, run_cli
 from pruning.measure import count_flops, count_params, latency_ms
 from pruning.model import build_from_plan
@@ -41,6 +44,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
     parser.add_argument("--onnx", action="store_true", help="also time each model exported to ONNX (onnxruntime, CPU)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, time under the toolkit's autocast (bf16 where supported) [default: on]")
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.steps, args.batches, args.repeats, args.warmup = [16], [0, 1], [2], 1, 1
@@ -62,15 +67,18 @@ def time_models(args) -> list[dict]:
     stats = {(r, s, size): {"params": count_params(m), "flops": count_flops(m, size)}
              for (r, s), m in models.items() for size in args.sizes}
     for device in args.devices:
+        rt = make_runtime(device, args.amp, progress=False)  # the toolkit's precision (and cudnn.benchmark)
+        precision = str(rt.amp_dtype or torch.float32).removeprefix("torch.")
         for size in args.sizes:
             for fmt in args.formats:
                 for batch in args.batches:
                     x = torch.randn(batch, 3, size, size, device=device).to(memory_format=FORMATS[fmt])
                     for (round_to, step), model in models.items():
                         model = model.to(device=device, memory_format=FORMATS[fmt])
-                        ms = latency_ms(model, x, args.warmup, args.repeats, clock(args.clock, [device]))
-                        rows.append(row(stats[round_to, step, size], "torch", device, size, fmt, batch,
-                                        round_to, step, ms))
+                        with rt.autocast():
+                            ms = latency_ms(model, x, args.warmup, args.repeats, clock(args.clock, [device]))
+                        rows.append({**row(stats[round_to, step, size], "torch", device, size, fmt, batch,
+                                           round_to, step, ms), "precision": precision})
     for round_to, step in models if args.onnx else ():
         model = models[round_to, step].to("cpu", memory_format=torch.contiguous_format)
         rows += onnx_rows(model, args, round_to, step, stats)
@@ -102,8 +110,8 @@ def onnx_rows(model, args, round_to: int, step: int, stats: dict) -> list[dict]:
                     if i >= args.warmup:
                         times.append((timer() - start) * 1e3)
                 ms = sorted(times)[len(times) // 2]
-                rows.append(row(stats[round_to, step, size], "onnxruntime", "cpu", size, "contiguous", batch,
-                                round_to, step, ms))
+                rows.append({**row(stats[round_to, step, size], "onnxruntime", "cpu", size, "contiguous", batch,
+                                   round_to, step, ms), "precision": "float32"})
     return rows
 
 
@@ -135,10 +143,10 @@ def memory_formats(rows: list[dict]) -> list[dict]:
 
 def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, args.smoke)
     rows = time_models(args)
-    columns = ["engine", "device", "image_size", "memory_format", "batch", "round_to", "step", "params", "flops",
-               "ms", "images_per_s", "speedup", "flops_reduction", "speedup_over_flops_reduction"]
+    columns = ["engine", "device", "precision", "image_size", "memory_format", "batch", "round_to", "step",
+               "params", "flops", "ms", "images_per_s", "speedup", "flops_reduction", "speedup_over_flops_reduction"]
     print_table(rows, columns, "latency (ms per batch, median) and speedup over the dense model")
     formats = memory_formats(rows)
     if formats:

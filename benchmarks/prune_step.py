@@ -51,7 +51,7 @@ def random_model(seed: int = 0) -> torch.nn.Module:
 
 def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, args.smoke)
     start = random_model()
     ratios = {name: args.ratio for name in prunable_layers(start)}
     models = {b: start for b in args.backends}

@@ -173,7 +173,7 @@ def load_only(loader) -> int:
 
 def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, args.smoke)
     rt = make_runtime(args.device, args.amp, progress=False)
     timer = clock(args.clock, [rt.device])
     if args.loader_sizes is None:  # the loader comparison matters where a 2-core host could starve a GPU

@@ -15,6 +15,12 @@ from pruning.prune import prune
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """NNI's speedup runs many tiny ops: one thread is as fast, and two thrash a shared 2-core machine."""
+    torch.set_num_threads(1)
+
+
 def random_resnet(seed: int = 0) -> torch.nn.Module:
     """ResNet50 with random BatchNorm statistics, so a wrongly carried-over channel changes the outputs."""
     torch.manual_seed(seed)

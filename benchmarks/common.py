@@ -35,10 +35,21 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
 def machine(device: torch.device | str = "cpu") -> dict:
     """Where a figure was measured: it means nothing without the device, the load and the date."""
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": str(device), "device_name": name, "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "loadavg_1m": round(os.getloadavg()[0], 2), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def dense_plan() -> dict[str, int]:

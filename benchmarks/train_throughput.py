@@ -112,7 +112,7 @@ def trainer_variants(student, teacher, cache, loader: TensorLoader, rt: Runtime)
     cached = Distiller(student, teacher, TEMPERATURE, ALPHA)
     cached.cache = cache
 
-    def with_cache() -> float:
+    def with_cache() -> int:
         loader.recorded_views = cache.views
         try:
             return toolkit_epoch(cached, loader, rt)

@@ -81,11 +81,11 @@ def load_teacher(path: str, num_classes: int) -> nn.Module:
 
 def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
             stage: str, partial: Path | None, epoch_seed: int, temperature: float, alpha: float,
-            on_epoch=None, kd: str | None = None, beta: float | None = None) -> tuple[nn.Module, dict]:
+            on_epoch=None) -> tuple[nn.Module, dict]:
     """KD (or CE when ``teacher`` is None) retraining of ``student``, resumable from ``partial``.
 
-    The KD loss is ``kd``/``beta`` (None: the session config's); with a teacher, the config's
-    ``--teachers`` join it, weighted by ``--teacher-weights``.
+    The loss is the session config's ``--kd``/``--beta`` (issue 7); with a teacher, its ``--teachers``
+    join it, weighted by ``--teacher-weights``.
 
     If ``partial`` holds this ``stage``, its weights and optimizer replace the given student's and
     training continues after its epoch (``partial`` None: no mid-stage checkpoints, for search trials,
@@ -105,8 +105,7 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
     student = prepare(student, rt, cfg.image_size)
     teachers = None if teacher is None else [
         teacher, *(prepare(load_teacher(path, sess.data.num_classes), rt, cfg.image_size) for path in cfg.teachers)]
-    distiller = Distiller(student, teachers, temperature, alpha, cfg.kd if kd is None else kd,
-                          cfg.beta if beta is None else beta, cfg.teacher_weights or None)
+    distiller = Distiller(student, teachers, temperature, alpha, cfg.kd, cfg.beta, cfg.teacher_weights or None)
     if adapters:
         distiller.adapters.load_state_dict(adapters)  # hint adapters resume with the student (issue 7)
     distiller.cache = teacher_cache_for(sess, distiller)

@@ -49,6 +49,9 @@ class SearchConfig(RunConfig):
     out: str = opt("runs/search", "output directory; the study's files go to <out>/<study_name>/")
     val_fraction: float = opt(0.1, "fraction of the training set held out as the validation set the search "
                                    "optimises (the test set is only reported, so the search cannot overfit it)")
+    # Every trial distils from the same frozen teacher on the same trial subset: 16 recorded views cost
+    # 16 teacher passes once, and each trial then trains at the cost of CE (issue 5, FKD).
+    teacher_cache: int = opt(16, "cache teacher logits for K augmented views per image (0 = off, 162 = all views at 32 px)")
 
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:

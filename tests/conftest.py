@@ -35,6 +35,8 @@ def tiny_argv(cfg: RunConfig, **changes) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, tuple):
+            argv += [flag, *map(str, value)]
         else:
             argv += [flag, str(value)]
     return argv

@@ -15,9 +15,9 @@ from distill.data import Batch
 from distill import pipeline
 from distill.features import STAGES, capture, make_adapters, stage_widths
 from distill.losses import KD_KINDS
-from distill.pipeline import load_teacher, open_session, retrain
+from distill.pipeline import open_session, retrain
 from distill.trainer import Distiller, fit, make_runtime
-from pruning.checkpoint import safe_load, save_pruned
+from pruning.checkpoint import safe_load
 from pruning.model import build_resnet50, channel_plan, prunable_layers
 from pruning.prune import prune
 
@@ -126,15 +126,6 @@ def test_hint_gradient_reaches_adapters_and_fit_trains_them():
     assert not d.teacher.training  # frozen BatchNorm statistics
 
 
-def test_hint_gradient_reaches_adapters_of_a_pruned_resnet50(pruned, dense):
-    d = Distiller(copy.deepcopy(pruned), dense, 4.0, 0.7, "hint", 2.0).train()
-    _, parts = d(batch(2))
-    assert parts["hint"].item() > 0
-    parts["loss"].backward()
-    assert all(d.adapters[s].weight.grad.abs().sum() > 0 for s in STAGES)
-    assert all(p.grad is None for p in dense.parameters())
-
-
 def test_one_teacher_in_a_list_equals_the_single_teacher():
     torch.manual_seed(0)
     student, teacher = toy((4, 6, 8, 10)), toy((8, 8, 16, 16))
@@ -152,22 +143,21 @@ def test_no_teacher_trains_with_cross_entropy_only(kd):
     assert len(d.adapters) == 0
 
 
-def test_retrain_loads_extra_teachers_and_checkpoints_the_trained_hint_adapters(tiny_cfg, tmp_path, dense,
-                                                                                 monkeypatch):
+def test_retrain_loads_extra_teachers_and_trains_and_checkpoints_hint_adapters(tiny_cfg, tmp_path, dense, pruned,
+                                                                               monkeypatch):
     extra = tmp_path / "extra_teacher.pt"
-    save_pruned(extra, dense)
-    cfg = dataclasses.replace(tiny_cfg, teachers=(str(extra),), teacher_weights=(1.0, 1.0))
+    extra.touch()  # its loading is stubbed: the test checks that retrain asks for it
+    cfg = dataclasses.replace(tiny_cfg, teachers=(str(extra),), teacher_weights=(1.0, 1.0), kd="hint", beta=2.0)
     loaded = []
-    monkeypatch.setattr(pipeline, "load_teacher", lambda path, n: loaded.append(path) or load_teacher(path, n))
+    monkeypatch.setattr(pipeline, "load_teacher", lambda path, n: loaded.append((path, n)) or copy.deepcopy(dense))
     sess = open_session(cfg, train_subset=cfg.batch_size)  # one batch
-    student = build_resnet50(sess.data.num_classes)
     partial = tmp_path / "partial.pt"
-    retrain(sess, student, copy.deepcopy(dense), 1, 1e-3, "step_001", partial, 0, 4.0, 0.7, kd="hint", beta=2.0)
-    assert loaded == [str(extra)]
+    retrain(sess, copy.deepcopy(pruned), copy.deepcopy(dense), 1, 1e-3, "step_001", partial, 0, 4.0, 0.7)
+    assert loaded == [(str(extra), sess.data.num_classes)]
     saved = safe_load(partial)["adapters"]
     assert set(saved) == {f"{s}.{p}" for s in STAGES for p in ("weight", "bias")}
-    eye = torch.eye(2048)[:, :, None, None]
-    assert not torch.equal(saved["layer4.weight"], eye)  # trained away from its identity start
+    for stage, (width, _, _) in RESNET50_SHAPES_32PX.items():  # gradient reached every identity-started adapter
+        assert not torch.equal(saved[f"{stage}.weight"], torch.eye(width)[:, :, None, None])
 
 
 def test_baseline_runs_with_logits_plus_attention(tiny_cfg):

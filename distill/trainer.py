@@ -183,11 +183,11 @@ def evaluate(model: nn.Module, loader, rt: Runtime, desc: str = "eval") -> dict[
 
 def fit(distiller: Distiller, loader, epochs: int, lr: float, weight_decay: float, rt: Runtime, *,
         resume: dict | None = None, epoch_seed: int = 0, desc: str = "",
-        on_epoch: Callable[[int, dict, torch.optim.Optimizer], None] | None = None) -> dict[str, float]:
+        on_epoch: Callable[[int, dict, torch.optim.Optimizer], None] | None = None) -> None:
     """Train ``epochs`` epochs (starting after ``resume["epoch"]`` with its optimizer state, if given).
 
-    ``on_epoch(epoch, metrics, optimizer)`` runs after each finished epoch (1-based). Returns the
-    metrics averaged over the epochs run now, with ``epochs`` and ``wall_s`` totals.
+    ``on_epoch(epoch, metrics, optimizer)`` runs after each finished epoch (1-based) and is where a
+    caller keeps the metrics: it alone sees the epochs of earlier, interrupted runs (see ``summarize``).
     """
     params = [p for p in distiller.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, lr, weight_decay)
@@ -196,14 +196,11 @@ def fit(distiller: Distiller, loader, epochs: int, lr: float, weight_decay: floa
         optimizer.load_state_dict(resume["optimizer"])
         start = int(resume["epoch"])
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
-    history = []
     for epoch in range(start + 1, epochs + 1):
         loader.set_epoch(epoch_seed + epoch)
         metrics = train_one_epoch(distiller, loader, optimizer, rt, scaler, f"{desc} epoch {epoch}/{epochs}")
-        history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics, optimizer)
-    return summarize(history)
 
 
 def summarize(history: list[dict]) -> dict[str, float]:

@@ -4,8 +4,9 @@
     python benchmarks/latency.py                                    # CPU (+ CUDA if present), 32 and 224 px
     python benchmarks/latency.py --devices cpu --sizes 32 224 --steps 0 --batches 64   # memory formats only
     python benchmarks/latency.py --devices cuda --round-to 1 8      # odd widths vs multiples of 8 (tensor cores)
-    python benchmarks/latency.py --onnx                             # also time the ONNX export (onnxruntime, CPU)
+    python benchmarks/latency.py --engines torch torchscript onnxruntime   # also the exported models (CPU)
     python benchmarks/latency.py --devices cpu --threads 1 --clock cpu  # steadier on a CPU shared with other jobs
+    python benchmarks/latency.py --devices cpu --sizes 32 --batches 64 --breakdown  # where the time goes, per part
     python benchmarks/latency.py --smoke --json /tmp/latency.json   # seconds: checks the code path
 
 For every device x image size x memory format x batch, each pruned model is timed against the dense
@@ -13,6 +14,10 @@ one: ``speedup`` = dense time / pruned time, ``flops_reduction`` = dense FLOPs /
 ``speedup_over_flops_reduction`` = how much of the theoretical gain is real (issue 5 target on CPU at
 batch 64: >= 0.7). The widths after k steps follow from the floor rule alone, so the models are built
 from their plans with random weights (timing does not depend on the weights). Times are medians.
+
+Engines: ``torch`` is eager PyTorch on every device and memory format; ``torchscript`` and
+``onnxruntime`` time the files ``python -m pruning.export`` writes, loaded as a CPU server would
+(``pruning.export.load_exported``), on contiguous CPU batches.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from pruning.measure import count_flops, count_params, latency_ms
 from pruning.model import build_from_plan
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+ENGINES = {"torch": None, "torchscript": "torchscript", "onnxruntime": "onnx"}  # engine -> pruning.export format
 
 
 def parse_args(argv: list[str] | None):
@@ -43,7 +49,10 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--round-to", nargs="+", type=int, default=[1], help="channel multiples to compare")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
-    parser.add_argument("--onnx", action="store_true", help="also time each model exported to ONNX (onnxruntime, CPU)")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["torch"],
+                        help="eager torch, and/or the exported models on the CPU (onnxruntime: pip install -e '.[export]')")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each part of the network (stem, pruned convs, conv3, downsample, ...) on the CPU")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, time under the toolkit's autocast (bf16 where supported) [default: on]")
     args = parser.parse_args(argv)
@@ -60,13 +69,13 @@ def parse_args(argv: list[str] | None):
 
 
 def time_models(args) -> list[dict]:
-    """One row per device x size x format x batch x round_to x step, with its speedup over step 0."""
+    """One row per engine x device x size x format x batch x round_to x step, with its speedup over step 0."""
     rows = []
     models = {(r, s): build_from_plan(NUM_CLASSES, plan_after(s, round_to=r)).eval()
               for r in args.round_to for s in sorted(args.steps)}
     stats = {(r, s, size): {"params": count_params(m), "flops": count_flops(m, size)}
              for (r, s), m in models.items() for size in args.sizes}
-    for device in args.devices:
+    for device in args.devices if "torch" in args.engines else ():
         rt = make_runtime(device, args.amp, progress=False)  # the toolkit's precision (and cudnn.benchmark)
         precision = str(rt.amp_dtype or torch.float32).removeprefix("torch.")
         for size in args.sizes:
@@ -79,9 +88,10 @@ def time_models(args) -> list[dict]:
                             ms = latency_ms(model, x, args.warmup, args.repeats, clock(args.clock, [device]))
                         rows.append({**row(stats[round_to, step, size], "torch", device, size, fmt, batch,
                                            round_to, step, ms), "precision": precision})
-    for round_to, step in models if args.onnx else ():
-        model = models[round_to, step].to("cpu", memory_format=torch.contiguous_format)
-        rows += onnx_rows(model, args, round_to, step, stats)
+    for engine in (e for e in args.engines if e != "torch"):
+        for (round_to, step), model in models.items():
+            model = model.to("cpu", memory_format=torch.contiguous_format)
+            rows += exported_rows(model, engine, args, round_to, step, stats)
     return add_speedups(rows)
 
 
@@ -91,26 +101,19 @@ def row(stats: dict, engine: str, device: str, size: int, fmt: str, batch: int, 
             "round_to": round_to, "step": step, **stats, "ms": ms, "images_per_s": 1e3 * batch / ms}
 
 
-def onnx_rows(model, args, round_to: int, step: int, stats: dict) -> list[dict]:
-    """The same model through onnxruntime on the CPU (deployment path of pruning.export)."""
-    from pruning.export import export, onnx_session
+def exported_rows(model, engine: str, args, round_to: int, step: int, stats: dict) -> list[dict]:
+    """The same model exported by pruning.export and loaded for CPU serving (the deployment path)."""
+    from pruning.export import export, load_exported
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            path = export(model, "onnx", Path(tmp) / f"step{step}_{size}.onnx", size)
-            session = onnx_session(path)
+            path = export(model, ENGINES[engine], Path(tmp) / f"step{step}_{size}.{engine}", size)
+            forward = load_exported(path, ENGINES[engine])
             for batch in args.batches:
-                x = torch.randn(batch, 3, size, size).numpy()
-                times = []
-                timer = clock(args.clock, ["cpu"])
-                for i in range(args.warmup + args.repeats):
-                    start = timer()
-                    session.run(None, {"images": x})
-                    if i >= args.warmup:
-                        times.append((timer() - start) * 1e3)
-                ms = sorted(times)[len(times) // 2]
-                rows.append({**row(stats[round_to, step, size], "onnxruntime", "cpu", size, "contiguous", batch,
+                x = torch.randn(batch, 3, size, size)
+                ms = latency_ms(forward, x, args.warmup, args.repeats, clock(args.clock, ["cpu"]))
+                rows.append({**row(stats[round_to, step, size], engine, "cpu", size, "contiguous", batch,
                                    round_to, step, ms), "precision": "float32"})
     return rows
 
@@ -141,6 +144,57 @@ def memory_formats(rows: list[dict]) -> list[dict]:
     return out
 
 
+# The role of each module in the time breakdown. The pruned parts shrink with every step; the stem, conv3
+# (its output), downsample and the residual adds keep their width by design (seed protocol), so their time
+# bounds the speedup that any FLOPs reduction can buy.
+STEM_PARTS = {"conv1": "stem", "bn1": "stem", "relu": "stem", "maxpool": "stem", "avgpool": "head", "fc": "head"}
+BLOCK_PARTS = {"conv1": "pruned_convs", "conv2": "pruned_convs", "bn1": "pruned_bn", "bn2": "pruned_bn",
+               "conv3": "conv3", "bn3": "bn3", "relu": "relu", "downsample": "downsample"}
+
+
+def part_of(name: str) -> str | None:
+    """``layer2.0.conv1`` -> ``pruned_convs``; containers and modules inside ``downsample`` -> None."""
+    if not name.startswith("layer"):
+        return STEM_PARTS.get(name)
+    return BLOCK_PARTS[name.rsplit(".", 1)[-1]] if name.count(".") == 2 else None
+
+
+def breakdown(args) -> list[dict]:
+    """Mean ms of each part (and of the whole) per forward pass, by forward hooks, for every step, size and
+    batch (eager, CPU, contiguous)."""
+    timer, rows = clock(args.clock, ["cpu"]), []
+    for step in sorted(args.steps):
+        model = build_from_plan(NUM_CLASSES, plan_after(step)).eval()
+        spent: dict[str, float] = {}
+
+        def enter(module, inputs):
+            module.started = timer()
+
+        def leave(module, inputs, output):
+            spent[module.part] = spent.get(module.part, 0.0) + timer() - module.started
+
+        for name, module in model.named_modules():
+            if part_of(name):
+                module.part = part_of(name)
+                module.register_forward_pre_hook(enter)
+                module.register_forward_hook(leave)
+        for size in args.sizes:
+            for batch in args.batches:
+                x = torch.randn(batch, 3, size, size)
+                with torch.no_grad():
+                    for _ in range(args.warmup):
+                        model(x)
+                    spent.clear()
+                    start = timer()
+                    for _ in range(args.repeats):
+                        model(x)
+                total = 1e3 * (timer() - start) / args.repeats
+                parts = {part: 1e3 * t / args.repeats for part, t in spent.items()}
+                rows.append({"step": step, "image_size": size, "batch": batch, "total_ms": total, **parts,
+                             "rest": total - sum(parts.values())})
+    return rows
+
+
 def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads, args.smoke)
@@ -152,8 +206,13 @@ def run(argv: list[str] | None) -> dict:
     if formats:
         print()
         print_table(formats, list(formats[0]), "channels_last vs contiguous")
+    parts = breakdown(args) if args.breakdown else []
+    if parts:
+        print()
+        print_table(parts, list(parts[0]), "ms per forward pass by part (eager, CPU, contiguous); rest = residual "
+                                           "adds + hook overhead")
     result = {"machine": machine(args.devices[-1]), "smoke": args.smoke, "clock": args.clock, "rows": rows,
-              "memory_formats": formats}
+              "memory_formats": formats, "breakdown": parts}
     write_json(args.json, result)
     return result
 

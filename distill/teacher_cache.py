@@ -15,6 +15,7 @@ new file instead of stale soft labels. CIFAR-100 at K = 162 is 50,000 x 162 x 10
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +139,11 @@ def load_or_build(teacher: nn.Module, loader, k: int, rt, directory: str | Path,
         stored = safe_load(path)
         if stored.get("key") == key:
             return TeacherCache(key, stored["views"], stored["logits"].to(loader.device))
+    start = time.perf_counter()
     cache = build(teacher, loader, k, rt, key)
     atomic_save({"key": key, "views": cache.views, "logits": cache.logits.cpu(),
                  "meta": {"version": CACHE_VERSION, "views_per_image": k, "precision": precision,
                           "images": len(loader.labels), "image_size": loader.image_size}}, path)
+    print(f"teacher cache: {k} views x {len(loader.labels):,} images built in {time.perf_counter() - start:.0f} s "
+          f"(once per teacher and data) -> {path}")
     return cache

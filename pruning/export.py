@@ -4,9 +4,14 @@
     python -m pruning.export runs/iterative/check_points/step_020.pt --format torchscript --out model.pt
     python -m pruning.export CHECKPOINT --format onnx --out m.onnx --image-size 224 --batch 4
 
-The exported model takes N x 3 x S x S normalised images (any N) and returns logits. Parity: the
-exported model and the PyTorch model run the same random batch; the max abs difference of the logits
-is printed and must be <= --tolerance. ONNX parity needs onnxruntime (pip install -e '.[export]').
+The exported model takes N x 3 x S x S normalised images (any N) and returns logits. The TorchScript
+file is frozen (BatchNorm folded into the convolutions, weights inlined). Load it for CPU serving with
+``load_exported(path, "torchscript")``: it adds ``torch.jit.optimize_for_inference`` (oneDNN fusions),
+which cannot be saved, so it is applied at load time. Parity: the exported model, loaded that way, and
+the PyTorch model run the same random batch; the max abs difference of the logits is printed and must
+be <= --tolerance x max(1, largest |logit|). The scale is there because fp32 rounding grows with the
+logits: a trained checkpoint with logits up to 45 differs by 1.3e-4 between PyTorch's own two memory
+formats at 224 px. ONNX needs onnxruntime (pip install -e '.[export]').
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -47,20 +53,27 @@ def export(model: nn.Module, fmt: str, out: str | Path, image_size: int) -> Path
                                   dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
             else:
                 with torch.no_grad():  # check_trace off: parity() below is the check, on other inputs
-                    torch.jit.save(torch.jit.trace(model, example, check_trace=False), tmp)
+                    torch.jit.save(torch.jit.freeze(torch.jit.trace(model, example, check_trace=False)), tmp)
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out
 
 
-def run_exported(path: str | Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the exported model at ``path`` on ``x`` (onnxruntime or torch.jit on the CPU)."""
+def load_exported(path: str | Path, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported model at ``path`` as a CPU function from images to logits, loaded as a server would:
+    an onnxruntime session, or the TorchScript module with ``optimize_for_inference`` (measured 1.3-1.7x
+    faster than eager PyTorch on a 2-core CPU, README Performance)."""
     if fmt == "onnx":
         session = onnx_session(path)
-        return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    with torch.no_grad(), _quiet():
-        return torch.jit.load(str(path), map_location="cpu")(x)
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with _quiet():
+        module = torch.jit.optimize_for_inference(torch.jit.load(str(path), map_location="cpu"))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), _quiet():
+            return module(x)
+    return forward
 
 
 @contextlib.contextmanager
@@ -81,12 +94,14 @@ def onnx_session(path: str | Path):
 
 
 def parity(model: nn.Module, path: str | Path, fmt: str, image_size: int, batch: int = 4,
-           seed: int = 0) -> float:
-    """Max abs difference between PyTorch's and the exported model's logits on one random batch."""
+           seed: int = 0) -> dict[str, float]:
+    """Max abs difference between PyTorch's and the exported model's logits on one random batch, and the
+    largest |logit| of PyTorch's (the scale of fp32 rounding)."""
     x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = model.eval().cpu().float()(x)
-    return (run_exported(path, fmt, x) - expected).abs().max().item()
+    return {"max_abs_diff": (load_exported(path, fmt)(x) - expected).abs().max().item(),
+            "max_abs_logit": expected.abs().max().item()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="file to write")
     parser.add_argument("--image-size", type=int, default=32, help="side of the parity-check images [default: 32]")
     parser.add_argument("--batch", type=int, default=4, help="images in the parity check [default: 4]")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max abs diff [default: 1e-4]")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max abs diff, per unit of max(1, largest |logit|) [default: 1e-4]")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser.parse_args(argv)
 
@@ -106,13 +121,16 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--image-size {args.image_size} / --batch {args.batch}: both must be >= 1")
     model, _ = load_pruned(args.checkpoint)
     path = export(model, args.format, args.out, args.image_size)
-    diff = parity(model, path, args.format, args.image_size, args.batch)
+    check = parity(model, path, args.format, args.image_size, args.batch)
+    diff, limit = check["max_abs_diff"], args.tolerance * max(1.0, check["max_abs_logit"])
     print(f"{args.format}: {path} ({path.stat().st_size / 1e6:.1f} MB) | parity max abs diff {diff:.2e} "
+          f"(limit {limit:.1e}: logits up to {check['max_abs_logit']:.3g}) "
           f"on {args.batch} images at {args.image_size} px")
-    if not diff <= args.tolerance:
-        raise UserError(f"the exported model differs from PyTorch by {diff:.2e} (> --tolerance {args.tolerance}); "
+    if not diff <= limit:
+        raise UserError(f"the exported model differs from PyTorch by {diff:.2e} (> {limit:.1e} = --tolerance "
+                        f"{args.tolerance} x max(1, largest |logit|)); "
                         f"do not deploy {path}")
-    return {"format": args.format, "out": str(path), "max_abs_diff": diff}
+    return {"format": args.format, "out": str(path), **check}
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -62,13 +63,15 @@ def model_stats(model: nn.Module, image_size: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, batch: torch.Tensor, warmup: int = 3, repeats: int = 10,
-               clock=time.perf_counter) -> float:
+def latency_ms(model: nn.Module | Callable[[torch.Tensor], object], batch: torch.Tensor, warmup: int = 3,
+               repeats: int = 10, clock=time.perf_counter) -> float:
     """Median milliseconds of one forward pass on ``batch`` (synchronised on CUDA).
 
+    ``model`` may also be any function of the batch (an exported model, pruning.export.load_exported).
     ``clock=time.process_time`` counts CPU time instead of wall time (CPU runs on a shared machine).
     """
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     times = []
     for i in range(warmup + repeats):
         if batch.is_cuda:

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from benchmarks import latency, prune_step, train_throughput
+from benchmarks import kd_kinds, latency, prune_step, train_throughput
+from distill.losses import KD_KINDS
 
 
 def run_smoke(module, tmp_path, *extra) -> dict:
@@ -47,9 +48,12 @@ def test_prune_step_smoke_times_both_backends_and_they_agree(tmp_path):
 
 
 def test_latency_smoke_rows(tmp_path):
-    result = run_smoke(latency, tmp_path)
+    pytest.importorskip("onnxruntime")
+    result = run_smoke(latency, tmp_path, "--engines", *latency.ENGINES, "--breakdown")
     rows = result["rows"]
-    assert {r["memory_format"] for r in rows} == {"contiguous", "channels_last"}
+    assert {(r["engine"], r["memory_format"]) for r in rows} == {
+        ("torch", "contiguous"), ("torch", "channels_last"), ("torchscript", "contiguous"),
+        ("onnxruntime", "contiguous")}
     for r in rows:
         assert {"step", "params", "flops", "speedup", "speedup_over_flops_reduction"} <= r.keys()
         assert positive(r["ms"]) and positive(r["speedup"])
@@ -59,3 +63,28 @@ def test_latency_smoke_rows(tmp_path):
             assert r["flops_reduction"] > 1.0 and r["params"] < 23_712_932
             assert r["speedup_over_flops_reduction"] == pytest.approx(r["speedup"] / r["flops_reduction"])
     assert len(result["memory_formats"]) == 2  # dense and step 1, both formats timed
+    assert [r["step"] for r in result["breakdown"]] == [0, 1]
+    for r in result["breakdown"]:
+        parts = {k: v for k, v in r.items() if k not in ("step", "image_size", "batch", "total_ms", "rest")}
+        assert set(parts) == set(latency.STEM_PARTS.values()) | set(latency.BLOCK_PARTS.values())
+        assert all(positive(v) for v in parts.values())
+        assert 0 <= r["rest"] < r["total_ms"]  # the timed parts do not nest, so they fit inside the whole
+
+
+@pytest.mark.parametrize("name, part", [("conv1", "stem"), ("maxpool", "stem"), ("fc", "head"),
+                                        ("layer1.0.conv1", "pruned_convs"), ("layer4.2.bn2", "pruned_bn"),
+                                        ("layer3.5.conv3", "conv3"), ("layer2.0.downsample", "downsample"),
+                                        ("layer2.0.downsample.0", None), ("layer2.0", None), ("layer2", None)])
+def test_latency_breakdown_assigns_each_module_one_part(name, part):
+    assert latency.part_of(name) == part
+
+
+def test_kd_kinds_smoke_times_every_kind_against_logits(tmp_path):
+    result = run_smoke(kd_kinds, tmp_path)
+    kinds = {"ce", "logits_2_teachers", *KD_KINDS}
+    assert set(result["vs_logits"]) == {"dense", "pruned_1"}
+    for ratios in result["vs_logits"].values():
+        assert set(ratios) == kinds and ratios["logits"] == 1.0
+        assert all(positive(r) for r in ratios.values())
+    params = {r["student"]: r["params"] for r in result["rows"]}
+    assert params["pruned_1"] < params["dense"]

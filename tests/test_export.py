@@ -41,7 +41,7 @@ def test_export_matches_pytorch_within_1e_4(checkpoint, tmp_path, fmt, capsys):
     x = torch.randn(3, 3, 32, 32)  # another batch size than the export's example: the batch axis is dynamic
     with torch.no_grad():
         expected = model(x)
-    assert (export.run_exported(out, fmt, x) - expected).abs().max().item() <= 1e-4
+    assert (export.load_exported(out, fmt)(x) - expected).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("make_bad", ["missing", "foreign"])
@@ -57,16 +57,23 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path, capsys, make_bad):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_parity_failure_is_reported_not_shipped_silently(checkpoint, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("diff, logit, accepted", [(5e-5, 0.3, True), (5e-4, 0.3, False),  # small logits: 1e-4
+                                                   (2e-3, 45.0, True), (5e-3, 45.0, False)])  # 1e-4 x 45
+def test_parity_limit_scales_with_the_largest_logit(checkpoint, tmp_path, monkeypatch, capsys, diff, logit,
+                                                    accepted):
     def fake_export(model, fmt, out, image_size):  # the real export is tested above; only the check matters
         Path(out).write_bytes(b"")
         return Path(out)
 
     monkeypatch.setattr(export, "export", fake_export)
-    monkeypatch.setattr(export, "parity", lambda *args, **kwargs: 0.5)
-    with pytest.raises(SystemExit):
-        export.main([str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "m.pt")])
-    assert "differs from PyTorch by 5.00e-01" in capsys.readouterr().err
+    monkeypatch.setattr(export, "parity", lambda *args, **kwargs: {"max_abs_diff": diff, "max_abs_logit": logit})
+    argv = [str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]
+    if accepted:
+        assert export.main(argv)["max_abs_diff"] == diff
+    else:
+        with pytest.raises(SystemExit):
+            export.main(argv)
+        assert f"differs from PyTorch by {diff:.2e}" in capsys.readouterr().err
 
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch, tmp_path):

@@ -130,15 +130,21 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
 
 def teacher_cache_for(sess: Session, distiller: Distiller) -> TeacherCache | None:
     """``--teacher-cache K``: the teacher's recorded soft labels, when a lone teacher's logits are all the
-    loss needs (feature losses and extra teachers still run the teachers). Stored beside ``--teacher``,
-    else beside the run's own teacher checkpoint (check_points/step_000.pt)."""
+    loss needs (feature losses and extra teachers still run the teachers)."""
+    if distiller.feature is not None or len(distiller.teachers) != 1 or distiller.alpha == 0:
+        return None
+    return load_teacher_cache(sess, distiller.teacher)
+
+
+def load_teacher_cache(sess: Session, teacher: nn.Module) -> TeacherCache | None:
+    """``teacher``'s cache on the session's training data, loaded or built (None without --teacher-cache).
+    Stored beside ``--teacher``, else beside the run's own teacher checkpoint (check_points/step_000.pt)."""
     cfg = sess.cfg
-    if not cfg.teacher_cache or distiller.feature is not None or len(distiller.teachers) != 1 \
-            or distiller.alpha == 0:
+    if not cfg.teacher_cache:
         return None
     directory = Path(cfg.teacher).parent if cfg.teacher else Path(cfg.out) / "check_points"
-    sess.teacher_cache = load_or_build(distiller.teacher, sess.train_loader, cfg.teacher_cache, sess.rt,
-                                       directory, sess.teacher_cache)
+    sess.teacher_cache = load_or_build(teacher, sess.train_loader, cfg.teacher_cache, sess.rt, directory,
+                                       sess.teacher_cache)
     return sess.teacher_cache
 
 

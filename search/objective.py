@@ -12,7 +12,8 @@ import optuna
 import torch
 from torch import nn
 
-from distill.pipeline import Session, load_teacher, make_row, new_model, open_session, prune_step, retrain
+from distill.pipeline import (Session, load_teacher, load_teacher_cache, make_row, new_model, open_session,
+                              prune_step, retrain)
 from distill.trainer import prepare
 from pruning.checkpoint import save_pruned
 from pruning.measure import latency_ms
@@ -94,6 +95,11 @@ class Objective:
         self.sess = open_session(self.cfg, train_subset=trial_train_subset(cfg))
         self.teacher = prepare(load_teacher(str(teacher_path), self.sess.data.num_classes), self.sess.rt)
         self.layers = prunable_layers(self.teacher)
+        if cfg.kd == "logits" or cfg.search_kd:  # the kinds whose trials may read the cache
+            # Built once for the study, before any trial (so no trial's wall_s holds it), while the other
+            # workers wait: they then load it instead of each building their own.
+            with file_lock(lock_path(cfg)):
+                load_teacher_cache(self.sess, self.teacher)
         self.failures = 0
         self.last_reason = ""
 

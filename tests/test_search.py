@@ -170,10 +170,14 @@ def check_workers(root: Path, storage: str, name: str, n_trials: int, err: str) 
     assert n_trials <= states.count(TrialState.COMPLETE) <= n_trials + 1
 
 
-def test_two_workers_share_one_journal_file(tmp_path, teacher, capfd):
+def test_two_workers_share_one_journal_file_and_one_teacher_cache(tmp_path, teacher, capfd):
+    fresh = str(shutil.copy(teacher, tmp_path / "teacher.pt"))  # no cache beside it yet
     with contextlib.chdir(tmp_path):
-        main(argv(n_trials=3, n_workers=2, teacher=teacher))
-    check_workers(tmp_path, "studies.db", "tiny", 3, capfd.readouterr().err)
+        main(argv(n_trials=3, n_workers=2, teacher=fresh))
+    out, err = capfd.readouterr()
+    check_workers(tmp_path, "studies.db", "tiny", 3, err)
+    assert out.count("teacher cache: ") == 1  # built by one worker before any trial, loaded by the other
+    assert len(list(tmp_path.glob("teacher_cache_*.pt"))) == 1
 
 
 @pytest.mark.skipif(not os.environ.get("TEST_POSTGRES_URL"),

@@ -104,7 +104,8 @@ def student_stage(sess: Session, teacher, previous, ratios: dict | None, step: i
     epochs = cfg.final_epochs if phase == "final" else cfg.epochs_per_step
     student, metrics = retrain(sess, student, teacher, epochs, cfg.lr, f"step_{step:03d}", partial,
                                epoch_seed=1000 * step, temperature=cfg.temperature, alpha=cfg.alpha,
-                               on_epoch=tb.epoch_logger(f"step_{step:03d}"))
+                               on_epoch=tb.epoch_logger(f"step_{step:03d}"),
+                               previous=None if ratios is None else previous)
     row = make_row(sess, student, step, phase, metrics, prune_wall_s=prune_s)
     tb.log_row(row)
     return row

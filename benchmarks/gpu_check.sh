@@ -6,7 +6,7 @@
 #
 # Needs torch + torchvision with CUDA, tqdm; runs the repo from its root (python -m), no install
 # needed. The prune-step figure needs nni and/or torch-pruning and is skipped for a backend that is
-# not importable (it times the host CPU, not the GPU). ONNX latency needs onnxruntime (optional).
+# not importable (it times the host CPU, not the GPU).
 # Record the figures in the README with the GPU's name (gpu.csv) and the date (each JSON's machine.date).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the JSON files}"

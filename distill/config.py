@@ -38,10 +38,11 @@ class RunConfig:
     # --- model ---
     weights: str = opt("imagenet", "initial ResNet50 weights: imagenet (IMAGENET1K_V2) | none | PATH to a state_dict")
     teacher: str = opt("", "fine-tuned teacher checkpoint to reuse (skips teacher training)")
-    teachers: tuple[str, ...] = opt((), "extra teacher checkpoints for KD retraining: their softened outputs are "
-                                        "averaged with the run's teacher's (feature terms use the run's teacher)")
+    teachers: tuple[str, ...] = opt((), "extra teachers for KD retraining, averaged with the run's teacher's softened "
+                                        "outputs (feature terms use the run's teacher): checkpoint paths, or "
+                                        "'previous' for the model before each step's pruning (a teacher assistant)")
     teacher_weights: tuple[float, ...] = opt((), "weights of the teachers' softened outputs: the run's teacher first, "
-                                                 "then each --teachers path (empty = equal)")
+                                                 "then each --teachers entry (empty = equal)")
     teacher_epochs: int = opt(100, "epochs of cross-entropy fine-tuning of the teacher")
     teacher_lr: float = opt(1e-4, "Adam learning rate of teacher fine-tuning")
     # --- pruning ---
@@ -78,6 +79,10 @@ class RunConfig:
 # Fields that may change between a run and its resumption without changing its results.
 RESUME_NEUTRAL = {"device", "amp", "compile", "progress", "debug", "force", "workers", "download", "data_dir",
                   "n_workers", "n_trials", "storage", "keep_checkpoints"}
+
+# ``--teachers previous``: the model before each step's pruning joins the teachers, a "teacher assistant"
+# one step away from the student (Mirzadeh et al., AAAI 2020: TAKD narrows the teacher-student gap).
+PREVIOUS = "previous"
 
 PRESETS: dict[str, dict] = {
     # The seed's protocol, as published.
@@ -199,8 +204,9 @@ def validate(cfg) -> None:
 def validate_teachers(cfg) -> None:
     """--teachers must exist now (not after hours of training); --teacher-weights needs one per teacher."""
     for path in cfg.teachers:
-        if not Path(path).is_file():
-            raise UserError(f"--teachers {path}: no such file; give checkpoints written by this toolkit")
+        if path != PREVIOUS and not Path(path).is_file():
+            raise UserError(f"--teachers {path}: no such file; give checkpoints written by this toolkit, "
+                            f"or {PREVIOUS!r} for the model before each step's pruning")
     weights = cfg.teacher_weights
     if weights and len(weights) != 1 + len(cfg.teachers):
         raise UserError(f"--teacher-weights: {len(weights)} given for {1 + len(cfg.teachers)} teacher(s); give one "

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.config import PREVIOUS
 from distill.data import Data, load_data, make_loader
 from distill.teacher_cache import TeacherCache, load_or_build
 from distill.trainer import Distiller, Runtime, evaluate, fit, make_runtime, prepare, summarize
@@ -81,11 +82,11 @@ def load_teacher(path: str, num_classes: int) -> nn.Module:
 
 def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
             stage: str, partial: Path | None, epoch_seed: int, temperature: float, alpha: float,
-            on_epoch=None) -> tuple[nn.Module, dict]:
+            on_epoch=None, previous: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """KD (or CE when ``teacher`` is None) retraining of ``student``, resumable from ``partial``.
 
     The loss is the session config's ``--kd``/``--beta`` (issue 7); with a teacher, its ``--teachers``
-    join it, weighted by ``--teacher-weights``.
+    join it, weighted by ``--teacher-weights`` (``previous``: see ``stage_teachers``).
 
     If ``partial`` holds this ``stage``, its weights and optimizer replace the given student's and
     training continues after its epoch (``partial`` None: no mid-stage checkpoints, for search trials,
@@ -103,9 +104,8 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
             history = ckpt["meta"].get("history", [])
             adapters = ckpt.get("adapters", {})
     student = prepare(student, rt, cfg.image_size)
-    teachers = None if teacher is None else [
-        teacher, *(prepare(load_teacher(path, sess.data.num_classes), rt, cfg.image_size) for path in cfg.teachers)]
-    distiller = Distiller(student, teachers, temperature, alpha, cfg.kd, cfg.beta, cfg.teacher_weights or None)
+    teachers, weights = (None, None) if teacher is None else stage_teachers(sess, teacher, previous)
+    distiller = Distiller(student, teachers, temperature, alpha, cfg.kd, cfg.beta, weights)
     if adapters:
         distiller.adapters.load_state_dict(adapters)  # hint adapters resume with the student (issue 7)
     distiller.cache = teacher_cache_for(sess, distiller)
@@ -126,6 +126,24 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
     fit(distiller, sess.train_loader, epochs, lr, cfg.weight_decay, rt, resume=resume, epoch_seed=epoch_seed,
         desc=stage, on_epoch=checkpoint)
     return student, summarize(history)
+
+
+def stage_teachers(sess: Session, teacher: nn.Module, previous: nn.Module | None
+                   ) -> tuple[list[nn.Module], list[float] | None]:
+    """The run's teacher and the ``--teachers`` of one stage, with their ``--teacher-weights`` (None = equal).
+
+    ``previous`` is the model before this stage's pruning, for a ``--teachers previous`` entry. A stage
+    that prunes nothing (the closing epochs) has none, so that entry and its weight are left out there.
+    """
+    cfg = sess.cfg
+    teachers, weights = [teacher], list(cfg.teacher_weights[:1])
+    for i, entry in enumerate(cfg.teachers):
+        if entry == PREVIOUS and previous is None:
+            continue
+        model = previous if entry == PREVIOUS else load_teacher(entry, sess.data.num_classes)
+        teachers.append(prepare(model, sess.rt, cfg.image_size))
+        weights += cfg.teacher_weights[i + 1:i + 2]
+    return teachers, weights or None
 
 
 def teacher_cache_for(sess: Session, distiller: Distiller) -> TeacherCache | None:

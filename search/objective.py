@@ -80,9 +80,10 @@ def prune_and_distill(sess: Session, teacher: nn.Module, ratios: dict[str, float
     model = teacher if start is None else start
     for step in range(first_step, steps + 1):
         step_ratios = substep_ratios(channel_plan(model), target, step, steps, ratios, cfg.round_to)
-        model, prune_s = prune_step(model, step_ratios, cfg.backend, cfg.round_to, cfg.image_size)
-        model, metrics = retrain(sess, model, teacher, epochs, cfg.lr, f"{stage}_step_{step:03d}", partial,
-                                 epoch_seed=1000 * step, temperature=cfg.temperature, alpha=cfg.alpha)
+        pruned, prune_s = prune_step(model, step_ratios, cfg.backend, cfg.round_to, cfg.image_size)
+        model, metrics = retrain(sess, pruned, teacher, epochs, cfg.lr, f"{stage}_step_{step:03d}", partial,
+                                 epoch_seed=1000 * step, temperature=cfg.temperature, alpha=cfg.alpha,
+                                 previous=model)
         yield step, model, metrics, prune_s
 
 
@@ -95,7 +96,7 @@ class Objective:
         self.sess = open_session(self.cfg, train_subset=trial_train_subset(cfg))
         self.teacher = prepare(load_teacher(str(teacher_path), self.sess.data.num_classes), self.sess.rt)
         self.layers = prunable_layers(self.teacher)
-        if cfg.kd == "logits" or cfg.search_kd:  # the kinds whose trials may read the cache
+        if not cfg.teachers and (cfg.kd == "logits" or cfg.search_kd):  # trials that may read the cache
             # Built once for the study, before any trial (so no trial's wall_s holds it), while the other
             # workers wait: they then load it instead of each building their own.
             with file_lock(lock_path(cfg)):

@@ -22,11 +22,13 @@ Engines: ``torch`` is eager PyTorch on every device and memory format; ``torchsc
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from benchmarks.common import (NUM_CLASSES, base_parser, clock, machine, plan_after, print_table, set_threads,
                                write_json)
@@ -52,7 +54,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["torch"],
                         help="eager torch, and/or the exported models on the CPU (onnxruntime: pip install -e '.[export]')")
     parser.add_argument("--breakdown", action="store_true",
-                        help="also time each part of the network (stem, pruned convs, conv3, downsample, ...) on the CPU")
+                        help="also time each part of the network (stem, pruned convs, conv3, downsample, ...): eager, CPU, "
+                             "contiguous, without --round-to")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, time under the toolkit's autocast (bf16 where supported) [default: on]")
     args = parser.parse_args(argv)
@@ -68,7 +71,7 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-def time_models(args) -> list[dict]:
+def time_models(args: argparse.Namespace) -> list[dict]:
     """One row per engine x device x size x format x batch x round_to x step, with its speedup over step 0."""
     rows = []
     models = {(r, s): build_from_plan(NUM_CLASSES, plan_after(s, round_to=r)).eval()
@@ -101,7 +104,8 @@ def row(stats: dict, engine: str, device: str, size: int, fmt: str, batch: int, 
             "round_to": round_to, "step": step, **stats, "ms": ms, "images_per_s": 1e3 * batch / ms}
 
 
-def exported_rows(model, engine: str, args, round_to: int, step: int, stats: dict) -> list[dict]:
+def exported_rows(model: nn.Module, engine: str, args: argparse.Namespace, round_to: int, step: int,
+                  stats: dict) -> list[dict]:
     """The same model exported by pruning.export and loaded for CPU serving (the deployment path)."""
     from pruning.export import export, load_exported
 
@@ -159,39 +163,44 @@ def part_of(name: str) -> str | None:
     return BLOCK_PARTS[name.rsplit(".", 1)[-1]] if name.count(".") == 2 else None
 
 
-def breakdown(args) -> list[dict]:
-    """Mean ms of each part (and of the whole) per forward pass, by forward hooks, for every step, size and
-    batch (eager, CPU, contiguous)."""
+def time_parts(model: nn.Module, timer) -> dict[str, float]:
+    """Hook every part of ``model`` (``part_of``); the returned dict accumulates seconds per part."""
+    spent: dict[str, float] = {}
+
+    def enter(module, inputs):
+        module.started = timer()
+
+    def leave(module, inputs, output):
+        spent[module.part] = spent.get(module.part, 0.0) + timer() - module.started
+
+    for name, module in model.named_modules():
+        if part_of(name):
+            module.part = part_of(name)
+            module.register_forward_pre_hook(enter)
+            module.register_forward_hook(leave)
+    return spent
+
+
+@torch.no_grad()
+def breakdown(args: argparse.Namespace) -> list[dict]:
+    """Mean ms of each part (and of the whole) per forward pass, for every step, size and batch (eager, CPU,
+    contiguous, odd widths: --round-to does not apply)."""
     timer, rows = clock(args.clock, ["cpu"]), []
     for step in sorted(args.steps):
         model = build_from_plan(NUM_CLASSES, plan_after(step)).eval()
-        spent: dict[str, float] = {}
-
-        def enter(module, inputs):
-            module.started = timer()
-
-        def leave(module, inputs, output):
-            spent[module.part] = spent.get(module.part, 0.0) + timer() - module.started
-
-        for name, module in model.named_modules():
-            if part_of(name):
-                module.part = part_of(name)
-                module.register_forward_pre_hook(enter)
-                module.register_forward_hook(leave)
-        for size in args.sizes:
-            for batch in args.batches:
-                x = torch.randn(batch, 3, size, size)
-                with torch.no_grad():
-                    for _ in range(args.warmup):
-                        model(x)
-                    spent.clear()
-                    start = timer()
-                    for _ in range(args.repeats):
-                        model(x)
-                total = 1e3 * (timer() - start) / args.repeats
-                parts = {part: 1e3 * t / args.repeats for part, t in spent.items()}
-                rows.append({"step": step, "image_size": size, "batch": batch, "total_ms": total, **parts,
-                             "rest": total - sum(parts.values())})
+        spent = time_parts(model, timer)
+        for size, batch in itertools.product(args.sizes, args.batches):
+            x = torch.randn(batch, 3, size, size)
+            for _ in range(args.warmup):
+                model(x)
+            spent.clear()
+            start = timer()
+            for _ in range(args.repeats):
+                model(x)
+            total = 1e3 * (timer() - start) / args.repeats
+            parts = {part: 1e3 * t / args.repeats for part, t in spent.items()}
+            rows.append({"step": step, "image_size": size, "batch": batch, "total_ms": total, **parts,
+                         "rest": total - sum(parts.values())})
     return rows
 
 

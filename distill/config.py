@@ -210,9 +210,12 @@ def validate_teachers(cfg) -> None:
     weights = cfg.teacher_weights
     if weights and len(weights) != 1 + len(cfg.teachers):
         raise UserError(f"--teacher-weights: {len(weights)} given for {1 + len(cfg.teachers)} teacher(s); give one "
-                        f"for the run's teacher, then one per --teachers path (or none for equal weights)")
-    if weights and (min(weights) < 0 or sum(weights) <= 0):
-        raise UserError(f"--teacher-weights {' '.join(map(str, weights))}: must be >= 0 with a positive sum")
+                        f"for the run's teacher, then one per --teachers entry (or none for equal weights)")
+    # Stages without a previous model (the closing epochs) drop its weight: the rest must still sum > 0.
+    kept = [w for w, entry in zip(weights, ("", *cfg.teachers)) if entry != PREVIOUS]
+    if weights and (min(weights) < 0 or sum(kept) <= 0):
+        raise UserError(f"--teacher-weights {' '.join(map(str, weights))}: must be >= 0 with a positive sum "
+                        f"(also without the weights of {PREVIOUS!r})")
     if cfg.beta < 0:
         raise UserError(f"--beta {cfg.beta}: must be >= 0")
 

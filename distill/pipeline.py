@@ -132,11 +132,14 @@ def stage_teachers(sess: Session, teacher: nn.Module, previous: nn.Module | None
                    ) -> tuple[list[nn.Module], list[float] | None]:
     """The run's teacher and the ``--teachers`` of one stage, with their ``--teacher-weights`` (None = equal).
 
-    ``previous`` is the model before this stage's pruning, for a ``--teachers previous`` entry. A stage
-    that prunes nothing (the closing epochs) has none, so that entry and its weight are left out there.
+    ``previous`` is the model before this stage's pruning, for a ``--teachers previous`` entry. That entry
+    and its weight are left out where there is none (the closing epochs prune nothing) and where it is as
+    wide as the teacher (the first pruning step, where it is the teacher: twice its cost for nothing).
     """
     cfg = sess.cfg
     teachers, weights = [teacher], list(cfg.teacher_weights[:1])
+    if previous is not None and channel_plan(previous) == channel_plan(teacher):
+        previous = None
     for i, entry in enumerate(cfg.teachers):
         if entry == PREVIOUS and previous is None:
             continue

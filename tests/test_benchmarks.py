@@ -1,6 +1,7 @@
 """Each benchmark's --smoke run finishes and writes sane JSON (speed itself is not tested)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -48,12 +49,12 @@ def test_prune_step_smoke_times_both_backends_and_they_agree(tmp_path):
 
 
 def test_latency_smoke_rows(tmp_path):
-    pytest.importorskip("onnxruntime")
-    result = run_smoke(latency, tmp_path, "--engines", *latency.ENGINES, "--breakdown")
+    engines = [e for e in latency.ENGINES if e != "onnxruntime" or importlib.util.find_spec("onnxruntime")]
+    result = run_smoke(latency, tmp_path, "--engines", *engines, "--breakdown")
     rows = result["rows"]
     assert {(r["engine"], r["memory_format"]) for r in rows} == {
-        ("torch", "contiguous"), ("torch", "channels_last"), ("torchscript", "contiguous"),
-        ("onnxruntime", "contiguous")}
+        ("torch", "contiguous"), ("torch", "channels_last"),
+        *((e, "contiguous") for e in engines if e != "torch")}
     for r in rows:
         assert {"step", "params", "flops", "speedup", "speedup_over_flops_reduction"} <= r.keys()
         assert positive(r["ms"]) and positive(r["speedup"])

@@ -130,6 +130,7 @@ def test_teachers_and_weights_parse_and_validate(tmp_path):
     cfg = parse_config(["--teachers", str(a), str(b), "--teacher-weights", "2", "1", "1"])
     assert cfg.teachers == (str(a), str(b)) and cfg.teacher_weights == (2.0, 1.0, 1.0)
     assert make_config(overrides={"teachers": [str(a)], "teacher_weights": [1, 3]}).teacher_weights == (1, 3)
+    assert make_config(overrides={"teachers": ["previous"], "teacher_weights": [1, 0]}).teachers == ("previous",)
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -137,6 +138,7 @@ def test_teachers_and_weights_parse_and_validate(tmp_path):
     ({"teacher_weights": [1.0, 1.0]}, "2 given for 1 teacher"),
     ({"teacher_weights": [-1.0]}, "must be >= 0"),
     ({"teacher_weights": [0.0]}, "positive sum"),
+    ({"teachers": ["previous"], "teacher_weights": [0.0, 1.0]}, "also without the weights of 'previous'"),
     ({"beta": -1.0}, "--beta"),
     ({"kd": "feature"}, "--kd 'feature'"),
 ])

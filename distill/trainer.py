@@ -94,7 +94,11 @@ class Distiller(nn.Module):
             return None, {}
         if self.cache is not None and self.feature is None and len(self.teachers) == 1:
             return [self.cache.lookup(batch.index, batch.view)], {}  # FKD: the recorded view's soft labels
-        with torch.no_grad(), capture(self.teachers[0], self.stages) as feats:
+        # Logits only: inference_mode (issue 5), no autograd bookkeeping at all; the KL term reads them
+        # through a softmax, so no inference tensor is saved for backward. Feature terms save the teacher's
+        # features themselves (hint's MSE), which autograd refuses for inference tensors: no_grad there.
+        frozen = torch.inference_mode() if self.feature is None else torch.no_grad()
+        with frozen, capture(self.teachers[0], self.stages) as feats:
             first = self.teachers[0](batch.x)
             logits = [first, *(t(batch.x) for t in self.teachers[1:])] if self.uses_logits and self.alpha else None
         return logits, feats

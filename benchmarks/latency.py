@@ -52,10 +52,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["torch"],
-                        help="eager torch, and/or the exported models on the CPU (onnxruntime: pip install -e '.[export]')")
+                        help="eager torch, and/or the exported models on the CPU "
+                             "(onnxruntime: pip install -e '.[export]')")
     parser.add_argument("--breakdown", action="store_true",
-                        help="also time each part of the network (stem, pruned convs, conv3, downsample, ...): eager, CPU, "
-                             "contiguous, without --round-to")
+                        help="also time each part of the network (stem, pruned convs, conv3, downsample, ...): "
+                             "eager, CPU, contiguous, without --round-to")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, time under the toolkit's autocast (bf16 where supported) [default: on]")
     args = parser.parse_args(argv)

@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="file to write")
     parser.add_argument("--image-size", type=int, default=32, help="side of the parity-check images [default: 32]")
     parser.add_argument("--batch", type=int, default=4, help="images in the parity check [default: 4]")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max abs diff, per unit of max(1, largest |logit|) [default: 1e-4]")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest accepted max abs diff, per unit of max(1, largest |logit|) [default: 1e-4]")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser.parse_args(argv)
 

@@ -1,15 +1,17 @@
-"""Training images/s of each ``--kd`` kind relative to plain logits KD (issue 7): what the richer losses cost.
+"""Training images/s of each ``--kd`` kind relative to plain logits KD (issues 7, 12): what the richer losses cost.
 
     python benchmarks/kd_kinds.py                                   # 32 px, batch 64, dense + 10-step pruned
     python benchmarks/kd_kinds.py --clock cpu --threads 1       # steadier on a CPU shared with other jobs
+    python benchmarks/kd_kinds.py --clock cpu --threads 1 --kinds dkd   # one kind (and logits, the reference)
     python benchmarks/kd_kinds.py --device cuda --image-size 224 --batch-size 64
     python benchmarks/kd_kinds.py --smoke --json /tmp/kd_kinds.json # seconds: checks the code, not speed
 
 On the same student, batches and device, the toolkit's ``train_one_epoch`` with a ``Distiller`` of each
 kind (dense ResNet50 teacher): ``ce`` (no teacher, for reference), ``logits`` (the seed's loss),
 ``logits_2_teachers`` (plus a second teacher of the student's widths, as "the previous step's model"),
-``attention``, ``hint`` (with its adapters in the optimizer) and ``logits+attention``. ``vs_logits`` is a
-kind's images/s over logits KD's. Variants are timed in interleaved rounds and the best round is kept.
+``attention``, ``hint`` (with its adapters in the optimizer), ``logits+attention`` and ``dkd`` (decoupled KD,
+issue 12: the same teacher forward, a costlier loss on the logits). ``vs_logits`` is a kind's images/s over
+logits KD's. Variants are timed in interleaved rounds and the best round is kept.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pruning.measure import count_params
 from pruning.model import build_from_plan, build_resnet50
 
 TEMPERATURE, ALPHA, BETA = 4.0, 0.7, 1000.0
+KINDS = ("ce", "logits_2_teachers", *KD_KINDS)  # the timed variants (see variants)
 
 
 def parse_args(argv: list[str] | None):
@@ -39,6 +42,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--batches", type=int, default=3, help="timed batches per measurement [default: 3]")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best is kept [default: 3]")
     parser.add_argument("--pruned-steps", type=int, default=10, help="the pruned student's steps of 10%% [default: 10]")
+    parser.add_argument("--kinds", nargs="*", default=[], choices=KINDS,
+                        help="time only these (logits, the reference, always runs) [default: all]")
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch_size, args.batches, args.rounds, args.pruned_steps = 4, 1, 1, 1
@@ -57,6 +62,11 @@ def variants(student, teacher, loader, rt) -> dict:
             **{kd: kind(teacher, kd) for kd in KD_KINDS if kd != "logits"}}
 
 
+def chosen(all_variants: dict, kinds: list[str]) -> dict:
+    """The variants ``--kinds`` names, with logits (what ``vs_logits`` divides by); all when none are named."""
+    return {k: v for k, v in all_variants.items() if not kinds or k in kinds or k == "logits"}
+
+
 def run(argv: list[str] | None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
@@ -71,7 +81,7 @@ def run(argv: list[str] | None) -> dict:
     rows, vs_logits = [], {}
     for name, student in students.items():
         student = prepare(student, rt, args.image_size)
-        ips = best_of_rounds(variants(student, teacher, loader, rt), args.rounds, rt, timer)
+        ips = best_of_rounds(chosen(variants(student, teacher, loader, rt), args.kinds), args.rounds, rt, timer)
         vs_logits[name] = {kd: x / ips["logits"] for kd, x in ips.items()}
         rows += [{"student": name, "params": count_params(student), "kd": kd, "images_per_s": x,
                   "vs_logits": x / ips["logits"]} for kd, x in ips.items()]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +27,25 @@ def opt(default, help: str, choices: tuple | None = None):
 @dataclass(frozen=True)
 class RunConfig:
     # --- data ---
-    data: str = opt("cifar100", "cifar100 | synthetic | imagefolder:PATH (PATH/train/<class>/*, PATH/val/<class>/*)")
+    data: str = opt("cifar100", "cifar100 | synthetic | shapes (generated, harder: distill/shapes.py) | imagefolder:PATH "
+                    "(PATH/train/<class>/*, PATH/val/<class>/*)")
     data_dir: str = opt("datasets", "where CIFAR-100 is (or is downloaded to)")
     download: bool = opt(True, "download CIFAR-100 if it is not in --data-dir")
     image_size: int = opt(224, "side of the square network input in pixels (CIFAR images are resized)")
     train_subset: int = opt(0, "use only this many training images (0 = all)")
     val_subset: int = opt(0, "use only this many validation and test images (0 = all)")
     val_fraction: float = opt(0.0, "hold out this fraction of the training set as validation; 0 = validate on the test set (the seed's protocol)")
-    synthetic_classes: int = opt(10, "classes of --data synthetic")
-    synthetic_train: int = opt(2000, "training images of --data synthetic (test set: a quarter of it)")
-    workers: int = opt(2, "DataLoader worker processes for imagefolder data")
+    synthetic_classes: int = opt(10, "classes of --data synthetic or shapes (shapes: 20 shapes x ceil(N/20) colour "
+                                     "families, e.g. 100 = 20 x 5)")
+    synthetic_train: int = opt(2000, "training images of --data synthetic or shapes (test set: a quarter of it)")
+    workers: int = opt(2, "DataLoader worker processes for imagefolder data that streams from disk")
+    augment: str = opt("auto", "training augmentation, on the device: crop-flip = 4-px padded random crop + flip "
+                       "(CIFAR); resized-crop = random-resized-crop + flip (ImageNet; evaluation on the centre "
+                       "87.5%); none; auto = crop-flip for images of <= 64 px (CIFAR-100, synthetic), else "
+                       "resized-crop", ("auto", "crop-flip", "resized-crop", "none"))
+    max_memory_gb: float = opt(8.0, "imagefolder data whose decoded uint8 images fit this many GB is decoded once "
+                                    "into a tensor file in --data-dir and trained from memory (the GPU on CUDA) "
+                                    "with the teacher cache; larger data streams from disk every epoch")
     # --- model ---
     weights: str = opt("imagenet", "initial ResNet50 weights: imagenet (IMAGENET1K_V2) | none | PATH to a state_dict")
     teacher: str = opt("", "fine-tuned teacher checkpoint to reuse (skips teacher training)")
@@ -51,20 +62,28 @@ class RunConfig:
     ratios: str = opt("", "JSON file {layer: ratio} overriding --ratio per layer (names from pruning.model.prunable_layers)")
     backend: str = opt("nni", "pruning backend", ("nni", "torch-pruning"))
     round_to: int = opt(1, "round kept channel counts up to a multiple of this (8 helps tensor cores)")
+    bn_calib_batches: int = opt(0, "after each pruning, re-estimate BatchNorm statistics on this many training "
+                                   "batches, forward only (EagleEye's adaptive BN; with 0 KD epochs a cheap screen)")
     # --- distillation retraining ---
     epochs_per_step: int = opt(30, "KD retraining epochs after each pruning step")
     final_epochs: int = opt(50, "KD epochs on the last pruned model (the seed's closing step)")
     kd: str = opt("logits", "distillation loss: logits = the seed's alpha*T^2*KL + (1-alpha)*CE; attention = "
                   "CE + beta/2*AT (attention transfer on layer1..4); hint = CE + beta/2*HINT (FitNets, learned 1x1 "
-                  "adapters); logits+attention = the seed's loss + beta/2*AT", tuple(KD_KINDS))
+                  "adapters); logits+attention = the seed's loss + beta/2*AT; dkd = alpha*(dkd_alpha*TCKD + "
+                  "dkd_beta*NCKD) + (1-alpha)*CE (decoupled KD, Zhao et al. 2022; alpha 0.5 is the paper's CE + DKD)",
+                  tuple(KD_KINDS))
     temperature: float = opt(5.0, "KD softmax temperature T")
     alpha: float = opt(0.7, "weight of the KD term; 1 - alpha weights cross-entropy")
     beta: float = opt(1000.0, "weight of the attention/hint term, applied as beta/2 (Zagoruyko & Komodakis use 1e3 "
                       "for attention; hints' unnormalised MSE usually wants far less, e.g. 1-100)")
+    dkd_alpha: float = opt(1.0, "--kd dkd: weight of TCKD, the target-vs-rest part of the KL (Zhao et al. 2022: 1)")
+    dkd_beta: float = opt(8.0, "--kd dkd: weight of NCKD, the KL among the non-target classes (Zhao et al. 2022: 8 "
+                               "on CIFAR-100, 0.5 on ImageNet)")
     lr: float = opt(1e-4, "Adam learning rate of KD retraining")
     weight_decay: float = opt(0.0, "Adam weight decay")
     batch_size: int = opt(256, "training and evaluation batch size")
-    teacher_cache: int = opt(0, "cache teacher logits for K augmented views per image (0 = off, 162 = all views at 32 px)")
+    teacher_cache: int = opt(0, "cache teacher logits for K augmented views per image (0 = off; "
+                                 "every view: 162 with crop-flip, 1024 with resized-crop, 1 with none)")
     # --- runtime ---
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
@@ -78,6 +97,7 @@ class RunConfig:
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUME_NEUTRAL = {"device", "amp", "compile", "progress", "debug", "force", "workers", "download", "data_dir",
+                  "max_memory_gb",
                   "n_workers", "n_trials", "storage", "keep_checkpoints"}
 
 # ``--teachers previous``: the model before each step's pruning joins the teachers, a "teacher assistant"
@@ -101,7 +121,13 @@ def cli_name(name: str) -> str:
 
 
 def _field_type(cls, f: dataclasses.Field):
-    return typing.get_type_hints(cls)[f.name]
+    return _type_hints(cls)[f.name]
+
+
+@functools.cache
+def _type_hints(cls) -> dict:
+    """Once per class: get_type_hints evaluates every annotation, and parsing asks for each field (issue 14)."""
+    return typing.get_type_hints(cls)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -153,24 +179,56 @@ def make_config(cls=RunConfig, overrides: dict | None = None, preset: str | None
 
 
 def _read_config_file(cls, path: str) -> dict:
+    """The fields of a ``--config`` JSON file: an object of field values, or a run's config.json (under "config")."""
+    data = read_json_object(path, "--config", "a JSON object of field: value")
+    return data["config"] if isinstance(data.get("config"), dict) else data
+
+
+def read_json_object(path: str, flag: str, what: str) -> dict:
+    """The JSON object in the file ``flag`` names; anything else is a one-line UserError (issue 14)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"--config {path}: cannot read it as JSON ({exc})") from None
-    data = data.get("config", data)  # a run's config.json nests the fields under "config"
+        data = json.loads(Path(path).read_bytes())
+    # ValueError: bad JSON or undecodable bytes; RecursionError: nesting deeper than the parser goes.
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        raise UserError(f"{flag} {path}: cannot read it as {what} ({reason[:160]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{flag} {path}: expected {what}, not a {type(data).__name__}")
     return data
 
 
+INT64 = 2 ** 63  # ints beyond a C long are never a sensible count, and overflow torch (e.g. its seed)
+
+
 def _coerce(cls, name: str, value):
+    """``value`` as the field's type; anything else (wrong type, NaN, inf, a huge int) is a UserError."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     typ = _field_type(cls, f)
     if typing.get_origin(typ) is tuple:
-        return tuple(value)
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {name}={_short(value)}: expected a list of {typing.get_args(typ)[0].__name__}")
+        return tuple(_coerce_scalar(name, item, typing.get_args(typ)[0]) for item in value)
+    return _coerce_scalar(name, value, typ)
+
+
+def _coerce_scalar(name: str, value, typ: type):
+    if typ is float and isinstance(value, int) and not isinstance(value, bool) and abs(value) < INT64:
+        value = float(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise UserError(f"config key {name}={value!r}: expected {typ.__name__}")
+        raise UserError(f"config key {name}={_short(value)}: expected {typ.__name__}")
+    if typ is float and not math.isfinite(value):
+        raise UserError(f"config key {name}={value!r}: expected a finite number")
+    if typ is int and not -INT64 <= value < INT64:
+        raise UserError(f"config key {name}={_short(value)}: too large (it must fit in 64 bits)")
+    if typ is str and not value.isprintable():  # NUL, newlines: no path or name has them, and messages stay one line
+        raise UserError(f"config key {name}={_short(value)}: contains control characters")
     return value
+
+
+def _short(value) -> str:
+    """repr of a value, cut for one-line messages (a config file may hold megabytes of junk)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def validate(cfg) -> None:
@@ -188,17 +246,22 @@ def validate(cfg) -> None:
     validate_teachers(cfg)
     if cfg.temperature <= 0:
         raise UserError(f"--temperature {cfg.temperature}: must be > 0")
+    for name in ("dkd_alpha", "dkd_beta"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{cli_name(name)} {getattr(cfg, name)}: must be >= 0")
+    if cfg.max_memory_gb < 0:
+        raise UserError(f"--max-memory-gb {cfg.max_memory_gb}: must be >= 0 (0 streams imagefolder data from disk)")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise UserError(f"--val-fraction {cfg.val_fraction}: must be in [0, 1)")
     for name in ("image_size", "batch_size", "round_to"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{cli_name(name)} {getattr(cfg, name)}: must be >= 1")
     for name in ("steps", "epochs_per_step", "final_epochs", "teacher_epochs", "train_subset", "val_subset",
-                 "teacher_cache"):
+                 "teacher_cache", "bn_calib_batches"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{cli_name(name)} {getattr(cfg, name)}: must be >= 0")
-    if not (cfg.data in ("cifar100", "synthetic") or cfg.data.startswith("imagefolder:")):
-        raise UserError(f"--data {cfg.data!r}: use cifar100, synthetic or imagefolder:PATH")
+    if not (cfg.data in ("cifar100", "synthetic", "shapes") or cfg.data.startswith("imagefolder:")):
+        raise UserError(f"--data {cfg.data!r}: use cifar100, synthetic, shapes or imagefolder:PATH")
 
 
 def validate_teachers(cfg) -> None:

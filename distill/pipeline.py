@@ -7,7 +7,6 @@ All of them resume: a stage that is interrupted restarts from its last finished 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.config import PREVIOUS
+from distill.config import PREVIOUS, read_json_object
 from distill.data import Data, load_data, make_loader
 from distill.teacher_cache import TeacherCache, load_or_build
 from distill.trainer import Distiller, Runtime, evaluate, fit, make_runtime, prepare, summarize
@@ -30,8 +29,9 @@ from pruning.prune import prune
 
 @dataclass
 class Session:
-    """What a run derives once from its config: device, data and loaders."""
-    cfg: object
+    """What a run derives once from its config: device, data and loaders. Shared by the trials of a
+    search worker, so nothing here changes meaning between them; each trial passes its own config."""
+    cfg: object                  # the config the session was opened with (data, device, image size)
     rt: Runtime
     data: Data
     train_loader: object
@@ -46,7 +46,8 @@ def open_session(cfg, train_subset: int | None = None) -> Session:
     rt = make_runtime(cfg.device, cfg.amp, cfg.progress)
     data = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.seed, cfg.val_fraction,
                      cfg.train_subset if train_subset is None else train_subset, cfg.val_subset,
-                     cfg.image_size, cfg.synthetic_classes, cfg.synthetic_train)
+                     cfg.image_size, cfg.synthetic_classes, cfg.synthetic_train, augment=cfg.augment,
+                     max_memory_gb=cfg.max_memory_gb, progress=cfg.progress)
     loader = lambda split, train: make_loader(split, cfg.batch_size, rt.device, cfg.image_size, train,
                                               cfg.seed, cfg.workers)
     test = loader(data.test, False) if data.val is not data.test else None
@@ -57,10 +58,7 @@ def load_ratios(path: str, layers: list[str], default: float) -> dict[str, float
     """Per-layer ratios: ``default`` everywhere, overridden by a JSON file ``{layer: ratio}``."""
     ratios = {name: default for name in layers}
     if path:
-        try:
-            given = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"--ratios {path}: cannot read it as a JSON object of layer: ratio ({exc})") from None
+        given = read_json_object(path, "--ratios", "a JSON object of layer: ratio")
         unknown = sorted(set(given) - set(layers))
         if unknown:
             raise UserError(f"--ratios {path}: unknown layer name(s) {unknown[:3]}; prunable layers look "
@@ -80,19 +78,73 @@ def load_teacher(path: str, num_classes: int) -> nn.Module:
     return teacher
 
 
-def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
-            stage: str, partial: Path | None, epoch_seed: int, temperature: float, alpha: float,
-            on_epoch=None, previous: nn.Module | None = None) -> tuple[nn.Module, dict]:
+def train_teacher(sess: Session, cfg, partial: Path | None, on_epoch=None) -> tuple[nn.Module, dict]:
+    """Fine-tune a new ResNet50 with cross-entropy for ``--teacher-epochs`` (resumable from ``partial``)."""
+    start = new_model(cfg, sess.data.num_classes)
+    return retrain(sess, cfg, start, None, cfg.teacher_epochs, cfg.teacher_lr, "teacher", partial, epoch_seed=0,
+                   on_epoch=on_epoch)
+
+
+# The fields that name a dataset: a teacher trained on other data has seen none of this run's images.
+DATA_IDENTITY = ("data", "synthetic_classes", "synthetic_train")
+
+
+def provenance(cfg, data: Data) -> tuple[dict, torch.Tensor]:
+    """What a teacher checkpoint records of its training data (issue 11): the recipe of its split, as
+    meta, and the indices of the training images it saw, as a tensor (``train_index``)."""
+    recipe = {k: getattr(cfg, k) for k in (*DATA_IDENTITY, "seed", "val_fraction", "train_subset",
+                                            "teacher_epochs")}
+    return recipe, data.train_index.to(torch.int32)
+
+
+def teacher_provenance(path: str | Path) -> tuple[dict | None, torch.Tensor | None]:
+    """The ``trained_on`` recipe and ``train_index`` a teacher checkpoint records (None, None if it does not)."""
+    ckpt = safe_load(path)
+    return ckpt.get("meta", {}).get("trained_on"), ckpt.get("train_index")
+
+
+def check_teacher_data(path: str | Path, cfg, data: Data) -> int:
+    """How many of the run's held-out validation images the teacher at ``path`` trained on.
+
+    A teacher that has memorised the validation images hands that to lightly pruned students, pulling a
+    search's front toward little pruning (issue 11). Refused unless ``--force``; 0 when the run validates
+    on the test set or the teacher was trained on other data (or not trained: ``teacher_epochs`` 0).
+    """
+    if not len(data.val_index):
+        return 0
+    recipe, index = teacher_provenance(path)
+    fix = (f"let the study train its teacher (leave out --teacher), or train one without these images: "
+           f"python baselines/iterative.py --data {cfg.data} --val-fraction {cfg.val_fraction} --seed {cfg.seed} "
+           f"--steps 0 --final-epochs 0; --force uses it anyway (recorded)")
+    if recipe is not None and (not recipe.get("teacher_epochs")
+                               or any(recipe.get(k) != getattr(cfg, k) for k in DATA_IDENTITY)):
+        return 0  # not fine-tuned here, or on other data
+    if recipe is None or index is None:
+        if cfg.force:
+            return -1
+        raise UserError(f"--teacher {path} does not record which images it was trained on, so it may have seen the "
+                        f"held-out validation split; {fix}")
+    overlap = int(torch.isin(data.val_index, index.long()).sum())
+    if overlap and not cfg.force:
+        raise UserError(f"--teacher {path} was trained on {overlap} of the {len(data.val_index)} held-out validation "
+                        f"images (--val-fraction {recipe['val_fraction']} --seed {recipe['seed']}); {fix}")
+    return overlap
+
+
+def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
+            stage: str, partial: Path | None, epoch_seed: int, on_epoch=None,
+            previous: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """KD (or CE when ``teacher`` is None) retraining of ``student``, resumable from ``partial``.
 
-    The loss is the session config's ``--kd``/``--beta`` (issue 7); with a teacher, its ``--teachers``
-    join it, weighted by ``--teacher-weights`` (``previous``: see ``stage_teachers``).
+    ``cfg`` is this run's (or this trial's) config: its ``--kd``, ``--temperature``, ``--alpha``, ``--beta``
+    and ``--teachers`` (``previous``: see ``stage_teachers``); ``sess`` only supplies data and device, so
+    trials sharing a session never change its meaning (issue 11).
 
     If ``partial`` holds this ``stage``, its weights and optimizer replace the given student's and
     training continues after its epoch (``partial`` None: no mid-stage checkpoints, for search trials,
     which restart from scratch anyway). Returns the trained student and its training metrics.
     """
-    cfg, rt = sess.cfg, sess.rt
+    rt = sess.rt
     # ``history``: per-epoch metrics of the stage, kept in the partial checkpoint so that a resumed stage
     # reports the same train_loss/epochs as an uninterrupted one, even when it is killed after its last epoch.
     resume, adapters, history = None, {}, []
@@ -104,12 +156,17 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
             history = ckpt["meta"].get("history", [])
             adapters = ckpt.get("adapters", {})
     student = prepare(student, rt, cfg.image_size)
-    teachers, weights = (None, None) if teacher is None else stage_teachers(sess, teacher, previous)
-    distiller = Distiller(student, teachers, temperature, alpha, cfg.kd, cfg.beta, weights)
+    teachers, weights = (None, None) if teacher is None else stage_teachers(sess, cfg, teacher, previous)
+    alpha = cfg.alpha if teacher is not None else 0.0
+    distiller = Distiller(student, teachers, cfg.temperature, alpha, cfg.kd, cfg.beta, weights, cfg.dkd_alpha,
+                          cfg.dkd_beta)
     if adapters:
         distiller.adapters.load_state_dict(adapters)  # hint adapters resume with the student (issue 7)
-    distiller.cache = teacher_cache_for(sess, distiller)
-    sess.train_loader.recorded_views = None if distiller.cache is None else distiller.cache.views
+    distiller.cache = teacher_cache_for(sess, cfg, distiller)
+    loader = sess.train_loader
+    if distiller.cache is not None:  # draw only the recorded views, from a copy: the session's loader stays as is
+        loader = copy.copy(loader)
+        loader.recorded_views = distiller.cache.views
     # Not with feature KD: its per-forward hooks (distill.features.capture) are not seen by a compiled graph.
     if cfg.compile and rt.device.type == "cuda" and distiller.feature is None:
         distiller.student = torch.compile(student)  # checkpoints keep saving the uncompiled ``student``
@@ -123,12 +180,12 @@ def retrain(sess: Session, student: nn.Module, teacher: nn.Module | None, epochs
             on_epoch(epoch, metrics)
         fault_point("teacher_epoch_end" if stage == "teacher" else "epoch_end")
 
-    fit(distiller, sess.train_loader, epochs, lr, cfg.weight_decay, rt, resume=resume, epoch_seed=epoch_seed,
+    fit(distiller, loader, epochs, lr, cfg.weight_decay, rt, resume=resume, epoch_seed=epoch_seed,
         desc=stage, on_epoch=checkpoint)
     return student, summarize(history)
 
 
-def stage_teachers(sess: Session, teacher: nn.Module, previous: nn.Module | None
+def stage_teachers(sess: Session, cfg, teacher: nn.Module, previous: nn.Module | None
                    ) -> tuple[list[nn.Module], list[float] | None]:
     """The run's teacher and the ``--teachers`` of one stage, with their ``--teacher-weights`` (None = equal).
 
@@ -136,7 +193,6 @@ def stage_teachers(sess: Session, teacher: nn.Module, previous: nn.Module | None
     and its weight are left out where there is none (the closing epochs prune nothing) and where it is as
     wide as the teacher (the first pruning step, where it is the teacher: twice its cost for nothing).
     """
-    cfg = sess.cfg
     teachers, weights = [teacher], list(cfg.teacher_weights[:1])
     if previous is not None and channel_plan(previous) == channel_plan(teacher):
         previous = None
@@ -149,18 +205,18 @@ def stage_teachers(sess: Session, teacher: nn.Module, previous: nn.Module | None
     return teachers, weights or None
 
 
-def teacher_cache_for(sess: Session, distiller: Distiller) -> TeacherCache | None:
+def teacher_cache_for(sess: Session, cfg, distiller: Distiller) -> TeacherCache | None:
     """``--teacher-cache K``: the teacher's recorded soft labels, when a lone teacher's logits are all the
     loss needs (feature losses and extra teachers still run the teachers)."""
     if distiller.feature is not None or len(distiller.teachers) != 1 or distiller.alpha == 0:
         return None
-    return load_teacher_cache(sess, distiller.teacher)
+    return load_teacher_cache(sess, cfg, distiller.teacher)
 
 
-def load_teacher_cache(sess: Session, teacher: nn.Module) -> TeacherCache | None:
+def load_teacher_cache(sess: Session, cfg, teacher: nn.Module) -> TeacherCache | None:
     """``teacher``'s cache on the session's training data, loaded or built (None without --teacher-cache).
-    Stored beside ``--teacher``, else beside the run's own teacher checkpoint (check_points/step_000.pt)."""
-    cfg = sess.cfg
+    Stored beside ``--teacher``, else beside the run's own teacher checkpoint (check_points/step_000.pt).
+    The session memoises the last one (``Session.teacher_cache``): a cache, not a setting."""
     if not cfg.teacher_cache:
         return None
     directory = Path(cfg.teacher).parent if cfg.teacher else Path(cfg.out) / "check_points"
@@ -170,14 +226,17 @@ def load_teacher_cache(sess: Session, teacher: nn.Module) -> TeacherCache | None
 
 
 def measure(sess: Session, model: nn.Module) -> dict:
-    """The size and accuracy columns of a results row (accuracies in percent)."""
+    """The size and accuracy columns of a results row (accuracies in percent).
+
+    ``test_top1``/``test_top5`` are always there: with ``--val-fraction 0`` validation *is* the test set
+    (the seed's protocol) and the same figures fill both, so every run reports test accuracy in one column.
+    """
     start = time.perf_counter()
     row = model_stats(model, sess.cfg.image_size)
     val = evaluate(model, sess.val_loader, sess.rt, "val")
     row.update({"val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"]})
-    if sess.test_loader is not None:
-        test = evaluate(model, sess.test_loader, sess.rt, "test")
-        row.update({"test_top1": test["top1"], "test_top5": test["top5"]})
+    test = val if sess.test_loader is None else evaluate(model, sess.test_loader, sess.rt, "test")
+    row.update({"test_top1": test["top1"], "test_top5": test["top5"]})
     row["eval_wall_s"] = time.perf_counter() - start
     return row
 
@@ -207,16 +266,18 @@ def new_model(cfg, num_classes: int) -> nn.Module:
     return build_resnet50(num_classes, cfg.weights)
 
 
-def make_row(sess: Session, model: nn.Module, step: int, phase: str, metrics: dict,
-             prune_wall_s: float) -> dict:
-    """One pruning_logs.csv row; ``_model`` carries the model to the caller, which saves it first."""
-    row = {"step": step, "phase": phase, **measure(sess, model)}
+def make_row(sess: Session, model: nn.Module, step: int, phase: str, metrics: dict, prune_wall_s: float,
+             measured: bool = True) -> dict:
+    """One pruning_logs.csv row; ``_model`` carries the model to the caller, which saves it first.
+    ``measured`` False leaves out the size and accuracy columns (a screening trial's inner sub-steps)."""
+    row = {"step": step, "phase": phase, **(measure(sess, model) if measured else {})}
     row.update({k: metrics[k] for k in ("train_loss", "train_ce", "train_kd", "train_top1") if k in metrics})
     row["epochs"] = metrics.get("epochs", 0)
     row["train_wall_s"] = metrics.get("wall_s", 0.0)
     row["prune_wall_s"] = prune_wall_s
     row = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-    row.update(channel_columns(model))
+    if measured:
+        row.update(channel_columns(model))
     row["_model"] = model
     return row
 

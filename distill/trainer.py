@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from distill.data import Batch
 from distill.features import STAGES, capture, make_adapters
-from distill.losses import KD_KINDS, attention_loss, hint_loss, kd_loss
+from distill.losses import KD_KINDS, attention_loss, dkd_loss, hint_loss, kd_loss
 from pruning.errors import UserError
 from pruning.model import to_memory_format
 
@@ -60,14 +60,16 @@ class Distiller(nn.Module):
     ``kd`` (issue 7) picks the loss, with ``AT``/``HINT`` from ``distill.losses`` on stages layer1..4:
     ``logits``: the seed's ``alpha*T^2*KL + (1-alpha)*CE``; ``attention``: ``CE + beta/2*AT``;
     ``hint``: ``CE + beta/2*HINT`` (learned adapters, trained with the student);
-    ``logits+attention``: the seed's loss ``+ beta/2*AT``.
+    ``logits+attention``: the seed's loss ``+ beta/2*AT``;
+    ``dkd``: ``alpha*(dkd_alpha*TCKD + dkd_beta*NCKD) + (1-alpha)*CE`` (decoupled KD, ``distill.losses.dkd_loss``),
+    from logits alone, so a teacher cache serves it as it serves ``logits``.
     ``teacher`` may be a list: the KL term uses the mean of their softened outputs weighted by
     ``teacher_weights`` (equal if None); feature terms use the first teacher's stage outputs.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | Sequence[nn.Module] | None, temperature: float,
                  alpha: float, kd: str = "logits", beta: float = 0.0,
-                 teacher_weights: Sequence[float] | None = None):
+                 teacher_weights: Sequence[float] | None = None, dkd_alpha: float = 1.0, dkd_beta: float = 8.0):
         super().__init__()
         teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         if kd not in KD_KINDS:
@@ -75,6 +77,7 @@ class Distiller(nn.Module):
         self.student, self.teachers = student, nn.ModuleList(teachers)
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
         self.teacher_weights = teacher_weights
+        self.decoupled, self.dkd_alpha, self.dkd_beta = kd == "dkd", dkd_alpha, dkd_beta
         self.cache = None  # a distill.teacher_cache.TeacherCache standing in for a lone teacher's logits (issue 5)
         self.uses_logits, feature = KD_KINDS[kd]
         self.feature = feature if teachers else None
@@ -107,8 +110,12 @@ class Distiller(nn.Module):
         with capture(self.student, self.stages) as student_feats:
             logits = self.student(batch.x)
         teacher_logits, teacher_feats = self.teacher_outputs(batch)
-        parts = kd_loss(logits, teacher_logits, batch.y, self.temperature, self.alpha if self.uses_logits else 0.0,
-                        self.teacher_weights)
+        alpha = self.alpha if self.uses_logits else 0.0
+        if self.decoupled:
+            parts = dkd_loss(logits, teacher_logits, batch.y, self.temperature, alpha, self.dkd_alpha, self.dkd_beta,
+                             self.teacher_weights)
+        else:
+            parts = kd_loss(logits, teacher_logits, batch.y, self.temperature, alpha, self.teacher_weights)
         if self.feature == "at":
             term = attention_loss(student_feats, teacher_feats)["loss"]
         elif self.feature == "hint":
@@ -221,3 +228,28 @@ def summarize(history: list[dict]) -> dict[str, float]:
 def prepare(model: nn.Module, rt: Runtime, image_size: int | None = None) -> nn.Module:
     """Move a model to the run's device in the memory format that is fastest there (at ``image_size``)."""
     return to_memory_format(model, rt.device, image_size)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, batches: int, rt: Runtime, epoch_seed: int = 0) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` training batches (forward only).
+
+    Pruning leaves the BN statistics of the full network; EagleEye (Li et al., ECCV 2020) shows that a
+    pruned candidate's accuracy after this "adaptive BN" ranks candidates far better than its accuracy
+    as pruned. The statistics are reset and averaged over the batches (momentum None: a true mean).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    loader.set_epoch(epoch_seed)
+    for i, batch in enumerate(loader):
+        if i == batches:
+            break
+        with rt.autocast():
+            model(batch.x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import math
+import statistics
 import time
 from typing import Callable
 
@@ -63,23 +65,63 @@ def model_stats(model: nn.Module, image_size: int) -> dict[str, float]:
 
 
 @torch.no_grad()
+def forward_times_ms(model: nn.Module | Callable[[torch.Tensor], object], batch: torch.Tensor, n: int,
+                     clock=time.perf_counter) -> list[float]:
+    """Milliseconds of each of ``n`` forward passes on ``batch``, synchronised on CUDA (kernels run
+    asynchronously: without a sync the clock would time their launch, not their work)."""
+    times = []
+    for _ in range(n):
+        if batch.is_cuda:
+            torch.cuda.synchronize(batch.device)
+        start = clock()
+        model(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize(batch.device)
+        times.append((clock() - start) * 1e3)
+    return times
+
+
 def latency_ms(model: nn.Module | Callable[[torch.Tensor], object], batch: torch.Tensor, warmup: int = 3,
                repeats: int = 10, clock=time.perf_counter) -> float:
-    """Median milliseconds of one forward pass on ``batch`` (synchronised on CUDA).
+    """Median milliseconds of one forward pass on ``batch`` over a fixed number of repeats (benchmarks).
 
     ``model`` may also be any function of the batch (an exported model, pruning.export.load_exported).
     ``clock=time.process_time`` counts CPU time instead of wall time (CPU runs on a shared machine).
     """
     if isinstance(model, nn.Module):
         model.eval()
-    times = []
-    for i in range(warmup + repeats):
-        if batch.is_cuda:
-            torch.cuda.synchronize()
-        start = clock()
-        model(batch)
-        if batch.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((clock() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    forward_times_ms(model, batch, warmup, clock)
+    return statistics.median(forward_times_ms(model, batch, repeats, clock))
+
+
+def measure_latency(model: nn.Module | Callable[[torch.Tensor], object], batch: torch.Tensor, warmup: int = 5,
+                    min_repeats: int = 10, max_repeats: int = 200, budget_s: float = 10.0, rel_tol: float = 0.02,
+                    clock=time.perf_counter) -> dict[str, float | int]:
+    """Latency of one forward pass on ``batch`` as a stable median, with its spread (the search's
+    ``latency`` objective).
+
+    Rule: ``warmup`` untimed passes (lazy initialisation, cuDNN autotuning, caches), at least
+    ``min_repeats`` timed ones, then one more at a time until the median is stable: its ~95% confidence
+    interval, median +- 1.57 IQR / sqrt(n) (the box plot's notch, McGill, Tukey & Larsen 1978), lies
+    within +- ``rel_tol`` of it. ``max_repeats`` passes, or timed passes adding up to ``budget_s``, stop
+    it anyway (a noisy device, a slow model: the median of what was timed). Returns ``latency_ms``
+    (median), ``latency_iqr_ms`` (interquartile range: the spread, large when other work shares the
+    device) and ``latency_repeats`` (timed passes).
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    forward_times_ms(model, batch, warmup, clock)
+    times = forward_times_ms(model, batch, max(2, min_repeats), clock)
+    while len(times) < max_repeats and sum(times) < budget_s * 1e3:
+        median, iqr = median_iqr(times)
+        if 1.57 * iqr / math.sqrt(len(times)) <= rel_tol * median:
+            break
+        times += forward_times_ms(model, batch, 1, clock)
+    median, iqr = median_iqr(times)
+    return {"latency_ms": round(median, 4), "latency_iqr_ms": round(iqr, 4), "latency_repeats": len(times)}
+
+
+def median_iqr(values: list[float]) -> tuple[float, float]:
+    """The median and the interquartile range (quartiles interpolated within the values)."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return median, q3 - q1

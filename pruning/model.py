@@ -23,7 +23,10 @@ def build_resnet50(num_classes: int, weights: str = "none") -> nn.Module:
     ``weights``: ``imagenet`` (``ResNet50_Weights.IMAGENET1K_V2``), ``none``, or a path to a
     torchvision ResNet50 state_dict (for machines without internet).
     """
-    model = torchvision.models.resnet50()
+    if weights not in ("imagenet", "none"):
+        model = _resnet50_from_file(weights)
+    else:
+        model = torchvision.models.resnet50()
     if weights == "imagenet":
         w = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
         try:
@@ -34,20 +37,57 @@ def build_resnet50(num_classes: int, weights: str = "none") -> nn.Module:
                 f"put {w.url.rsplit('/', 1)[-1]} in the torch hub cache, pass --weights PATH, or --weights none"
             ) from None
         model.load_state_dict(state)
-    elif weights != "none":
-        path = Path(weights)
-        if not path.is_file():
-            raise UserError(f"--weights {weights}: no such file; use imagenet, none or a ResNet50 state_dict path")
-        from pruning.checkpoint import safe_load  # local import: checkpoint imports this module
-
-        state = safe_load(path)
-        state = state.get("state_dict", state)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"--weights {weights} is not a torchvision ResNet50 state_dict ({first})") from None
     model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def _resnet50_from_file(weights: str) -> nn.Module:
+    """``--weights PATH``: a torchvision ResNet50 state_dict (or a dict holding one under "state_dict")."""
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"--weights {weights}: no such file; use imagenet, none or a ResNet50 state_dict path")
+    from pruning.checkpoint import safe_load  # local import: checkpoint imports this module
+
+    state = safe_load(path)
+    state = state.get("state_dict", state)
+    with torch.device("meta"):  # shapes only: the weights come from the file
+        model = torchvision.models.resnet50()
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
+        raise UserError(f"--weights {weights} is not a torchvision ResNet50 state_dict ({mismatch})")
+    return assign_weights(model, state)
+
+
+def state_dict_mismatch(model: nn.Module, state) -> str | None:
+    """Why ``state`` cannot be ``model``'s weights (None if it can): names, tensor types, shapes, dtypes.
+
+    Checked before loading, against a model that may live on the meta device: ``load_state_dict`` meets
+    a file's junk values with assorted exceptions and warnings rather than one message (issue 14).
+    """
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict of tensors"
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [repr(name)[:60] for name in state if name not in expected]
+    if missing or unexpected:
+        return f"missing {missing[:2]}, unexpected {unexpected[:2]}"
+    for name, want in expected.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor) or got.layout != torch.strided or got.is_meta or got.is_quantized:
+            return f"{name} is a {type(got).__name__}, not a dense tensor"
+        if got.shape != want.shape:
+            return f"{name} has shape {list(got.shape)}, the model needs {list(want.shape)}"
+        if got.dtype != want.dtype and not (got.is_floating_point() and want.is_floating_point()):
+            return f"{name} is {got.dtype}, the model needs {want.dtype}"
+    return None
+
+
+def assign_weights(model: nn.Module, state: dict) -> nn.Module:
+    """``model`` (typically built on the meta device) with the tensors of ``state`` as its parameters and
+    buffers, cast to its dtypes: no random initialisation that the file's weights would overwrite.
+    ``state`` must have passed ``state_dict_mismatch``."""
+    expected = model.state_dict()
+    model.load_state_dict({name: state[name].to(want.dtype) for name, want in expected.items()}, assign=True)
     return model
 
 

@@ -31,7 +31,7 @@ from optuna.storages import BaseStorage
 from distill.config import config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
 from pruning.errors import UserError, run_cli
-from pruning.model import build_resnet50, prunable_layers
+from pruning.model import build_resnet50, channel_plan
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import lock_path, prepare_teacher
 from search.space import baseline_plans
@@ -75,8 +75,7 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
             study.set_user_attr("config", config_dict(cfg))
             study.set_user_attr("teacher", str(teacher))
             study.set_user_attr("versions", versions())
-        layers = prunable_layers(build_resnet50(2))
-        for params in baseline_plans(cfg, layers):
+        for params in baseline_plans(cfg, channel_plan(build_resnet50(2))):
             study.enqueue_trial(params, skip_if_exists=True)
     return study
 

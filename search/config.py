@@ -15,12 +15,21 @@ COST_NAMES = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 
 
 @dataclass(frozen=True)
-class SearchConfig(RunConfig):
-    # --- study ---
+class StudyFields:
+    """Where a study is: shared by the search and the commands that read it (``search.retrain``)."""
     study_name: str = opt("resnet50-cifar100", "Optuna study name; outputs go to <out>/<study_name>/")
     storage: str = opt("studies.db", "Optuna storage: a journal file path (opens with `optuna-dashboard PATH`, safe "
                                      "for several processes and for NFS) or an RDB URL (sqlite:///x.db, "
                                      "postgresql://user:pass@host/db) for workers on many machines")
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out) / self.study_name
+
+
+@dataclass(frozen=True)
+class SearchConfig(RunConfig, StudyFields):
+    # --- study ---
     n_trials: int = opt(100, "run until the study has this many COMPLETE trials (a rerun tops up, nothing is redone)")
     n_workers: int = opt(1, "worker processes on this machine sharing the study (one per GPU when several are visible)")
     # TPE is the default: it is multi-objective (MOTPE), handles the constraints, spreads parallel workers
@@ -51,7 +60,8 @@ class SearchConfig(RunConfig):
                                    "optimises (the test set is only reported, so the search cannot overfit it)")
     # Every trial distils from the same frozen teacher on the same trial subset: 16 recorded views cost
     # 16 teacher passes once, and each trial then trains at the cost of CE (issue 5, FKD).
-    teacher_cache: int = opt(16, "cache teacher logits for K augmented views per image (0 = off, 162 = all views at 32 px)")
+    teacher_cache: int = opt(16, "cache teacher logits for K augmented views per image (0 = off; "
+                                 "every view: 162 with crop-flip, 1024 with resized-crop, 1 with none)")
 
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:
@@ -72,10 +82,6 @@ class SearchConfig(RunConfig):
     def cost_name(self) -> str:
         """The second objective's metric name and user attr (``params``, ``flops`` or ``latency_ms``)."""
         return COST_NAMES[self.objective_cost]
-
-    @property
-    def study_dir(self) -> Path:
-        return Path(self.out) / self.study_name
 
 
 SEARCH_PRESETS: dict[str, dict] = {

@@ -1,6 +1,7 @@
 """One trial: sample a plan and KD settings, prune a copy of the teacher to the plan in ``--prune-steps``
-sub-steps with KD after each, and measure it. Objectives: held-out validation top-1 (maximise) and the
-cost (minimise); the rest of the measurements become trial user attrs.
+sub-steps with KD after each (the baseline's engine, ``distill.engine``), and measure it. Objectives:
+held-out validation top-1 (maximise) and the cost (minimise); the rest of the measurements become trial
+user attrs.
 """
 from __future__ import annotations
 
@@ -10,18 +11,19 @@ from pathlib import Path
 
 import optuna
 import torch
-from torch import nn
+from optuna.exceptions import UpdateFinishedTrialError
 
-from distill.pipeline import (Session, load_teacher, load_teacher_cache, make_row, new_model, open_session,
-                              prune_step, retrain)
+from distill.engine import plan_schedule, run_schedule, totals
+from distill.pipeline import (check_teacher_data, load_teacher, load_teacher_cache, open_session, provenance,
+                              train_teacher)
 from distill.trainer import prepare
 from pruning.checkpoint import save_pruned
-from pruning.measure import latency_ms
 from pruning.errors import UserError
+from pruning.measure import measure_latency
 from pruning.model import channel_plan, prunable_layers
 from pruning.plan import target_plan
 from search.config import SearchConfig
-from search.space import substep_ratios, suggest
+from search.space import suggest
 from search.storage import file_lock
 
 # A worker stops after this many failed trials in a row: the cause is then the setup, not a plan.
@@ -39,9 +41,10 @@ def trial_checkpoint(cfg: SearchConfig, number: int) -> Path:
 def prepare_teacher(cfg: SearchConfig) -> Path:
     """The teacher every trial starts from: ``--teacher``, or ``<out>/<study>/teacher.pt`` trained once.
 
-    Training uses the baseline's teacher flags and resumes from its partial checkpoint; a file lock
-    makes concurrent workers (or machines sharing the directory) wait for one training instead of
-    each training their own.
+    Training uses the baseline's teacher flags on the study's training split (never its validation
+    split, which the checkpoint records) and resumes from its partial checkpoint; a file lock makes
+    concurrent workers (or machines sharing the directory) wait for one training instead of each
+    training their own.
     """
     if cfg.teacher:
         if not Path(cfg.teacher).is_file():  # now, not in every worker after the data is loaded
@@ -54,10 +57,9 @@ def prepare_teacher(cfg: SearchConfig) -> Path:
             sess = open_session(cfg)
             partial = cfg.study_dir / "check_points" / "teacher_partial.pt"
             print(f"training the teacher once for the study ({cfg.teacher_epochs} epochs) -> {path}", flush=True)
-            teacher, _ = retrain(sess, new_model(cfg, sess.data.num_classes), None, cfg.teacher_epochs,
-                                 cfg.teacher_lr, "teacher", partial, epoch_seed=0,
-                                 temperature=cfg.temperature, alpha=0.0)
-            save_pruned(path, teacher, {"phase": "teacher", "epochs": cfg.teacher_epochs})
+            teacher, _ = train_teacher(sess, cfg, partial)
+            recipe, index = provenance(cfg, sess.data)
+            save_pruned(path, teacher, {"phase": "teacher", "trained_on": recipe}, train_index=index)
             partial.unlink(missing_ok=True)
     return path
 
@@ -68,48 +70,33 @@ def trial_train_subset(cfg: SearchConfig) -> int:
     return min(limits) if limits else 0
 
 
-def prune_and_distill(sess: Session, teacher: nn.Module, ratios: dict[str, float], steps: int, epochs: int,
-                      stage: str, partial: Path | None, start: nn.Module | None = None, first_step: int = 1):
-    """Yield ``(step, model, metrics, prune_s)`` after each of ``steps`` prune + KD sub-steps.
-
-    The final widths are exactly ``target_plan(teacher's widths, ratios)`` (see ``substep_ratios``).
-    ``start``/``first_step`` resume after a finished sub-step (its model).
-    """
-    cfg = sess.cfg
-    target = target_plan(channel_plan(teacher), ratios, cfg.round_to)
-    model = teacher if start is None else start
-    for step in range(first_step, steps + 1):
-        step_ratios = substep_ratios(channel_plan(model), target, step, steps, ratios, cfg.round_to)
-        pruned, prune_s = prune_step(model, step_ratios, cfg.backend, cfg.round_to, cfg.image_size)
-        model, metrics = retrain(sess, pruned, teacher, epochs, cfg.lr, f"{stage}_step_{step:03d}", partial,
-                                 epoch_seed=1000 * step, temperature=cfg.temperature, alpha=cfg.alpha,
-                                 previous=model)
-        yield step, model, metrics, prune_s
-
-
 class Objective:
-    """``study.optimize``'s callable for one worker: its data session and teacher are loaded once."""
+    """The trial function of one worker (``search.worker.run_trial``): its data session and teacher are
+    loaded once, and each trial runs with its own config (``dataclasses.replace``), never changing them."""
 
     def __init__(self, cfg: SearchConfig, teacher_path: Path):
         # The resolved teacher path, so that what is stored beside the teacher (its logit cache) is found.
         self.cfg = dataclasses.replace(cfg, teacher=str(teacher_path))
         self.sess = open_session(self.cfg, train_subset=trial_train_subset(cfg))
+        # -1: forced without a record; > 0: forced with that many validation images seen (a trial user attr).
+        self.teacher_overlap = check_teacher_data(teacher_path, self.cfg, self.sess.data)
         self.teacher = prepare(load_teacher(str(teacher_path), self.sess.data.num_classes), self.sess.rt)
+        self.dense = channel_plan(self.teacher)
         self.layers = prunable_layers(self.teacher)
         if not cfg.teachers and (cfg.kd == "logits" or cfg.search_kd):  # trials that may read the cache
             # Built once for the study, before any trial (so no trial's wall_s holds it), while the other
             # workers wait: they then load it instead of each building their own.
             with file_lock(lock_path(cfg)):
-                load_teacher_cache(self.sess, self.teacher)
+                load_teacher_cache(self.sess, self.cfg, self.teacher)
         self.failures = 0
         self.last_reason = ""
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         ratios, changes = suggest(trial, self.cfg, self.layers)
-        # The session is reused across trials (data, loaders, caches); only its config changes.
-        self.sess.cfg = dataclasses.replace(self.cfg, **changes)
         try:
-            values = self.run(trial, self.sess, ratios)
+            values = self.run(trial, dataclasses.replace(self.cfg, **changes), ratios)
+        except UpdateFinishedTrialError:  # another worker failed it as stale: not this plan's fault
+            raise
         except Exception as exc:  # NonFiniteLoss, OOM, a UserError in the plan...: FAIL with the reason
             self.failures += 1
             self.last_reason = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
@@ -121,34 +108,37 @@ class Objective:
         self.failures = 0
         return values
 
-    def run(self, trial: optuna.Trial, sess: Session, ratios: dict[str, float]) -> tuple[float, float]:
-        cfg, start = sess.cfg, time.perf_counter()
-        prune_s = train_s = 0.0
-        epochs = 0
-        # No partial checkpoints: a trial whose worker dies is retried from scratch (search.storage).
-        for _, model, metrics, step_prune_s in prune_and_distill(
-                sess, self.teacher, ratios, cfg.prune_steps, cfg.trial_epochs, f"trial_{trial.number}", None):
-            prune_s, train_s = prune_s + step_prune_s, train_s + metrics["wall_s"]
-            epochs += metrics["epochs"]
-        totals = {**metrics, "wall_s": train_s, "epochs": epochs}  # over all sub-steps
-        row = make_row(sess, model, cfg.prune_steps, "trial", totals, prune_wall_s=prune_s)
-        model = row.pop("_model")
+    def run(self, trial: optuna.Trial, cfg: SearchConfig, ratios: dict[str, float]) -> tuple[float, float]:
+        start = time.perf_counter()
+        target = target_plan(self.dense, ratios, cfg.round_to)
+        schedule = plan_schedule(self.dense, target, cfg.prune_steps, cfg.trial_epochs, 0, cfg.round_to)
+        # No store: no partial checkpoints; a trial whose worker dies is retried from scratch (search.storage).
+        model, rows = run_schedule(self.sess, cfg, self.teacher, schedule, None, stage_prefix=f"trial_{trial.number}_",
+                                   label=f"trial {trial.number}")
+        row = {**rows[-1], **totals(rows)}
         if cfg.objective_cost == "latency":
-            batch = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=sess.rt.device)
-            with sess.rt.autocast():
-                row["latency_ms"] = round(latency_ms(model, batch), 4)
+            batch = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=self.sess.rt.device)
+            with self.sess.rt.autocast():
+                row.update(measure_latency(model, batch))
         checkpoint = ""
         if cfg.keep_checkpoints != "none":
             checkpoint = str(trial_checkpoint(cfg, trial.number))
             save_pruned(checkpoint, model, {"study": cfg.study_name, "trial": trial.number, "params": trial.params})
         row.update({"checkpoint": checkpoint, "wall_s": round(time.perf_counter() - start, 4)})
-        for key, value in row.items():
-            if key not in ("step", "phase"):
-                trial.set_user_attr(key, value)
-        for name, budget in (("params", cfg.max_params), ("flops", cfg.max_flops)):
-            if budget:
-                trial.set_constraint(name, row[name] - budget)  # <= 0: feasible
+        if self.teacher_overlap:  # --force used a teacher that saw validation images (-1: unknown how many)
+            row["teacher_val_overlap"] = self.teacher_overlap
+        record(trial, row, cfg)
         print(f"trial {trial.number}: params {row['params']:,} | flops {row['flops']:,} | val top-1 "
-              f"{row['val_top1']:.2f}% | test top-1 {row.get('test_top1', float('nan')):.2f}% | T {cfg.temperature:.2f}"
+              f"{row['val_top1']:.2f}% | test top-1 {row['test_top1']:.2f}% | T {cfg.temperature:.2f}"
               f" alpha {cfg.alpha:.2f} | {row['wall_s']:.0f}s", flush=True)
         return row["val_top1"], row[cfg.cost_name]
+
+
+def record(trial: optuna.Trial, row: dict, cfg: SearchConfig) -> None:
+    """The row as user attrs (seen in optuna-dashboard) and the budgets as Optuna constraints."""
+    for key, value in row.items():
+        if key not in ("step", "phase"):
+            trial.set_user_attr(key, value)
+    for name, budget in (("params", cfg.max_params), ("flops", cfg.max_flops)):
+        if budget:
+            trial.set_constraint(name, row[name] - budget)  # <= 0: feasible

@@ -6,14 +6,25 @@ no network) and CSVs, to decide which plan to ship at which budget, and why (iss
     python -m search.report --study-name r50 --sensitivity runs/sensitivity --tsne
     python -m search.report --help                                            # every flag
 
-The page shows: accuracy vs the study's cost (and vs params when the cost is FLOPs or latency) with every
-trial, the Pareto front, the iterative baseline (``--baseline``, its pruning_logs.csv) and the seed's
-published table, trial details on hover; the hypervolume of the front over trials, with its reference
-point; the kept channels per layer of the front's plans; Optuna's parameter importances per objective;
-the best accuracy at each params budget; the per-layer sensitivity (``--sensitivity``, from
-``python -m distill.sensitivity``); PCA (``--tsne``: and t-SNE) of penultimate features of the teacher vs
-a front plan. CSVs in ``--out``: trials.csv (every trial), pareto.csv (the front), hypervolume.csv,
-budgets.csv, importances.csv.
+Three series are kept apart, never on one accuracy axis (issue 11): (1) the screening trials: top-1 on
+the held-out validation split of the training set after the trials' few epochs (``--trial-epochs`` x
+``--prune-steps`` on ``--trial-subset`` images); (2) the retrained plans: test top-1 after
+``python -m search.retrain``'s full protocol (``--retrain``, by default the study's retrain directory);
+(3) the iterative baseline (``--baseline``, its pruning_logs.csv; test top-1) and the seed's published
+table (CIFAR-100 test set, 224 px).
+
+The page shows: screening top-1 vs the study's cost (and vs params when the cost is FLOPs or latency)
+with every trial and the Pareto front, trial details on hover; test top-1 vs params of the retrained
+plans, the baseline and the seed; at each params budget of the baseline (else of the seed), the best
+retrained plan within ``--budget-tolerance`` below it and its test-set delta; the hypervolume of the
+screening front over trials, with its reference point (and, when both exist, the test-set hypervolume of
+the retrained plans and of the baseline against one reference point); the kept channels per layer of the
+front's plans; Optuna's parameter importances per objective; the per-layer sensitivity
+(``--sensitivity``, from ``python -m distill.sensitivity``); PCA (``--tsne``: and t-SNE) of penultimate
+features of the teacher vs a front plan. CSVs in ``--out``: trials.csv (every trial, screening numbers),
+pareto.csv (the screening front), hypervolume.csv (screening), retrained.csv (each retrained plan's
+finished model), budgets.csv (test set; only its header while nothing is retrained), test_hypervolume.csv
+(when there are retrained plans and a baseline), importances.csv.
 """
 from __future__ import annotations
 
@@ -47,9 +58,15 @@ from pruning.model import build_resnet50, channel_plan
 from search.storage import load_study, redact
 
 ACCURACY = "val_top1"        # the study's "accuracy" objective: top-1 (%) on the held-out validation split
+TEST = "test_top1"           # top-1 (%) on the test set, the only accuracy compared across protocols
 MIN_IMPORTANCE_TRIALS = 10   # fANOVA's forest fitted to fewer points ranks noise (1 trial gives equal shares)
-HEAD = ["number", "state", "feasible", "pareto", ACCURACY, "test_top1", "params", "flops", "size_mb",
+HEAD = ["number", "state", "feasible", "pareto", ACCURACY, TEST, "params", "flops", "size_mb",
         "latency_ms", "temperature", "alpha", "kd", "beta"]
+LOG = "pruning_logs.csv"     # the baseline's and search.retrain's results file
+RETRAINED = ["trial", "step", "phase", "params", "size_mb", "flops", TEST, "screening_val_top1"]
+BUDGETS = ["reference", "step", "budget_params", "reference_test_top1", "trial", "retrained_params",
+           "retrained_test_top1", "delta_top1"]
+SEED_NAME = "seed (published, CIFAR-100 test set, 224 px)"
 
 
 @dataclass(frozen=True)
@@ -66,12 +83,22 @@ class ReportConfig:
     tsne: bool = opt(False, "also t-SNE of the features (scikit-learn; slow for many images)")
     data_dir: str = opt("", "where the study's dataset is, when not where the search found it")
     device: str = opt("auto", "device of the feature extraction: auto | cpu | cuda | cuda:N")
+    retrain: str = opt("", "python -m search.retrain's directory (or its pruning_logs.csv) whose plans are compared "
+                           "with the baseline on the test set (default: <the study's --out>/<study name>/retrain, "
+                           "when it exists)")
+    # A plan much smaller than a budget does not stand for it (issue 11). 10 % is about one early baseline
+    # step: the seed's steps shrink the params by 13 % at first, by 4 % near step 20.
+    budget_tolerance: float = opt(0.1, "a retrained plan stands for a params budget B when its params are within "
+                                       "[(1 - this) x B, B]")
     out: str = opt("", "report directory (default: <the study's --out>/<study name>/report)")
     debug: bool = opt(False, "show full tracebacks for user errors")
 
     def __post_init__(self):
         if not self.study_name:
             raise UserError("--study-name is required: the name given to python -m search")
+        if not 0.0 <= self.budget_tolerance < 1.0:
+            raise UserError(f"--budget-tolerance {self.budget_tolerance}: must be in [0, 1) (0.1: plans within 10 % "
+                            f"below a budget)")
         if self.feature_images < 2:
             raise UserError(f"--feature-images {self.feature_images}: must be >= 2")
 
@@ -146,26 +173,45 @@ def hypervolume_2d(acc: np.ndarray, cost: np.ndarray, ref_acc: float, ref_cost: 
     return math.fsum(widths * (np.maximum.accumulate(front[:, 1]) - ref_acc))
 
 
-def reference_point(pool: pd.DataFrame, cost: str, dense: dict) -> tuple[float, float, str]:
-    """(accuracy, cost, how it was chosen): 0 % and the dense teacher's cost, else 1.1 x the largest cost."""
+def reference_point(largest: float, cost: str, dense: dict, of: str) -> tuple[float, float, str]:
+    """(accuracy, cost, how it was chosen): 0 % and the dense teacher's cost, else 1.1 x the largest cost
+    of the points (``of`` says which)."""
     if cost in dense:
         return 0.0, float(dense[cost]), f"0 % top-1 and the dense teacher's {cost_text(dense[cost], cost)}"
-    worst = float(pool[cost].max()) * 1.1
-    return 0.0, worst, f"0 % top-1 and 1.1 x the largest {cost} of the candidate trials, {cost_text(worst, cost)}"
+    worst = float(largest) * 1.1
+    return 0.0, worst, f"0 % top-1 and 1.1 x the largest {cost} of {of}, {cost_text(worst, cost)}"
+
+
+def hypervolume_fraction(acc: np.ndarray, cost: np.ndarray, ref: tuple[float, float]) -> float:
+    """The hypervolume as a fraction of the box [ref_acc, 100] % x [0, ref_cost], so studies of different
+    sizes and costs compare."""
+    return hypervolume_2d(acc, cost, *ref) / ((100.0 - ref[0]) * ref[1])
 
 
 def hypervolume_history(df: pd.DataFrame, cost: str, ref: tuple[float, float]) -> pd.DataFrame:
-    """Hypervolume of the front after each COMPLETE trial (in trial order), as a fraction of the box
-    [ref_acc, 100] % x [0, ref_cost], so studies of different sizes and costs compare."""
+    """Screening hypervolume of the front after each COMPLETE trial (in trial order), as a fraction."""
     pool = candidates(df)
     complete = df[df["state"] == "COMPLETE"].sort_values("number")
-    box = (100.0 - ref[0]) * ref[1]
     rows = []
     for number in complete["number"]:
         seen = pool[pool["number"] <= number]
-        hv = hypervolume_2d(seen[ACCURACY].to_numpy(float), seen[cost].to_numpy(float), *ref)
-        rows.append({"number": int(number), "hypervolume": hv / box})
+        hv = hypervolume_fraction(seen[ACCURACY].to_numpy(float), seen[cost].to_numpy(float), ref)
+        rows.append({"number": int(number), "hypervolume": hv})
     return pd.DataFrame(rows)
+
+
+def full_protocol_hypervolumes(retrained: pd.DataFrame, baseline: pd.DataFrame,
+                               dense: dict) -> tuple[pd.DataFrame, str]:
+    """Test top-1 vs params hypervolume of the retrained plans and of the baseline against one reference
+    point (the same series type on both sides: test set, full protocol), or an empty frame and why not."""
+    if retrained.empty or baseline.empty:
+        return pd.DataFrame(), "needs retrained plans and a baseline with test accuracies"
+    largest = max(retrained["params"].max(), baseline["params"].max())
+    ref_acc, ref_cost, note = reference_point(largest, "params", dense, "the retrained plans and the baseline")
+    rows = [{"series": name, "models": len(part), "hypervolume": hypervolume_fraction(
+                part[TEST].to_numpy(float), part["params"].to_numpy(float), (ref_acc, ref_cost)),
+             "reference_point": note} for name, part in (("retrained plans", retrained), ("baseline", baseline))]
+    return pd.DataFrame(rows), note
 
 
 # --- other tables ---------------------------------------------------------------------------------------
@@ -189,44 +235,101 @@ def importances(study: optuna.Study, cost: str) -> pd.DataFrame | str:
     return table.sort_values(ACCURACY, ascending=False).rename_axis("param").reset_index()
 
 
-def budget_table(pool: pd.DataFrame, baseline: list[dict]) -> pd.DataFrame:
-    """At each params budget of the seed's table: the seed's accuracy, the baseline's and the search's best.
+# --- the series measured on the test set after a full protocol ----------------------------------------
 
-    The search's pick is the candidate with the best validation accuracy within the budget (its test
-    accuracy is shown, never used to choose).
-    """
-    rows = []
-    for seed in SEED_RESULTS:
-        budget = seed["params"]
-        row = {"budget_params": budget, "seed_step": seed["step"], "seed_val_top1": seed["val_top1"]}
-        steps = [r for r in baseline if r["params"] <= budget]
-        if steps:
-            best = max(steps, key=lambda r: r["val_top1"])
-            row.update(baseline_step=best["step"], baseline_params=best["params"], baseline_val_top1=best["val_top1"])
-        fits = pool[pool["params"] <= budget]
-        if len(fits):
-            best = fits.loc[fits[ACCURACY].idxmax()]
-            row.update(trial=int(best["number"]), trial_params=int(best["params"]), trial_val_top1=best[ACCURACY],
-                       trial_test_top1=best.get("test_top1", math.nan))
-        rows.append(row)
-    return as_int(pd.DataFrame(rows), ["budget_params", "seed_step", "baseline_step", "baseline_params", "trial",
-                                       "trial_params"])
+def log_csv(path: str | Path) -> Path:
+    """A run's pruning_logs.csv, given the file or the run directory."""
+    return Path(path) if Path(path).suffix == ".csv" else Path(path) / LOG
 
 
-def read_baseline(path: str) -> tuple[list[dict], str]:
-    """Rows of a baseline's pruning_logs.csv and a note saying which split its accuracy is measured on."""
+def recorded_val_fraction(csv: Path) -> float | None:
+    """``val_fraction`` of the run that wrote ``csv`` (its config.json beside it), None if not recorded."""
+    config = csv.parent / "config.json"
+    if not config.exists():
+        return None
+    return float(json.loads(config.read_text()).get("config", {}).get("val_fraction", 0))
+
+
+def with_test_top1(rows: list[dict], csv: Path) -> tuple[pd.DataFrame, str]:
+    """``rows`` as a frame whose ``test_top1`` is each model's test top-1 (NaN where the run did not measure
+    it), and where that number comes from: rows carry test_top1, but older runs with val_fraction 0 wrote
+    their test-set accuracy as val_top1 only (their validation split was the test set)."""
+    df = pd.DataFrame(rows)
+    test = pd.to_numeric(df.get(TEST, pd.Series(np.nan, index=df.index)), errors="coerce")  # "" = not measured
+    val_fraction = recorded_val_fraction(csv)
+    if test.notna().all():
+        source = "its test_top1"
+    elif val_fraction == 0:
+        test = test.fillna(pd.to_numeric(df[ACCURACY], errors="coerce"))
+        source = ("its val_top1 where test_top1 is missing (its config.json has val_fraction 0: it validated on "
+                  "the test set)")
+    else:
+        why = "no config.json beside it" if val_fraction is None else "it validated on a held-out split"
+        source = f"its test_top1; {int(test.isna().sum())} of {len(df)} rows have none ({why}) and are left out"
+    df[TEST] = test
+    return df, f"test top-1 from {csv}: {source}."
+
+
+def read_baseline(path: str) -> tuple[pd.DataFrame, str]:
+    """The baseline's models that have a test top-1, and a note saying where it comes from."""
     if not path:
-        return [], ""
-    csv = Path(path) / "pruning_logs.csv" if Path(path).is_dir() else Path(path)
+        return pd.DataFrame(columns=["step", "params", TEST]), "No --baseline given."
+    csv = log_csv(path)
     rows = read_csv(csv)
     if not rows:
         raise UserError(f"--baseline {path}: no rows in {csv}; give a run directory of baselines/iterative.py")
-    config = csv.parent / "config.json"
-    if not config.exists():
-        return rows, ""
-    held_out = json.loads(config.read_text()).get("config", {}).get("val_fraction", 0)
-    split = "a held-out split of its training set" if held_out else "the test set (the seed's protocol)"
-    return rows, f"The baseline's accuracy is measured on {split}."
+    df, note = with_test_top1(rows, csv)
+    return df[df[TEST].notna()], f"Baseline: {note}"
+
+
+def read_retrained(cfg: ReportConfig, study_dir: Path, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The finished model (largest step) of each retrained plan that has a test top-1, with its trial's
+    screening accuracy beside it, and a note saying where the numbers come from."""
+    csv = log_csv(cfg.retrain or study_dir / "retrain")
+    rows = read_csv(csv)
+    if not rows and not cfg.retrain:
+        return pd.DataFrame(columns=RETRAINED), f"No plan has been retrained yet (no {csv})."
+    if not rows or "trial" not in rows[0]:
+        source = f"--retrain {cfg.retrain}" if cfg.retrain else str(csv)
+        raise UserError(f"{source}: no rows with a trial column in {csv}; give the directory python -m "
+                        f"search.retrain wrote (<out>/<study name>/retrain)")
+    df, note = with_test_top1(rows, csv)
+    finished = df.loc[df.groupby("trial")["step"].idxmax()].sort_values("params")
+    screening = trials.set_index("number")[ACCURACY]
+    finished["screening_val_top1"] = finished["trial"].map(screening)
+    finished = finished.loc[finished[TEST].notna(), [c for c in RETRAINED if c in finished.columns]]
+    return as_int(finished, ["trial", "step", "params", "flops"]), f"Retrained plans: {note}"
+
+
+def budget_references(baseline: pd.DataFrame) -> pd.DataFrame:
+    """The budgets and the models they stand for: the baseline's (at each size, its most trained model:
+    the final phase over the last prune step), else the seed's published table."""
+    if len(baseline):
+        rows = baseline.sort_values("step").groupby("params").tail(1)
+        name, accuracy = "baseline", rows[TEST]
+    else:
+        rows = pd.DataFrame(SEED_RESULTS)
+        name, accuracy = SEED_NAME, rows[ACCURACY]  # the seed validated on the CIFAR-100 test set
+    return pd.DataFrame({"reference": name, "step": rows["step"], "budget_params": rows["params"],
+                         "reference_test_top1": accuracy}).sort_values("budget_params", ascending=False)
+
+
+def budget_table(references: pd.DataFrame, retrained: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+    """At each budget, the reference model and the retrained plan with the best test top-1 among those
+    with params in [(1 - tolerance) x budget, budget]; no row at all while nothing is retrained."""
+    if retrained.empty:
+        return pd.DataFrame(columns=BUDGETS)
+    rows = []
+    for _, ref in references.iterrows():
+        row = ref.to_dict()
+        budget = ref["budget_params"]
+        fits = retrained[(retrained["params"] <= budget) & (retrained["params"] >= (1 - tolerance) * budget)]
+        if len(fits):
+            best = fits.loc[fits[TEST].idxmax()]
+            row.update(trial=best["trial"], retrained_params=best["params"], retrained_test_top1=best[TEST],
+                       delta_top1=round(best[TEST] - ref["reference_test_top1"], 4))
+        rows.append(row)
+    return as_int(pd.DataFrame(rows, columns=BUDGETS), ["step", "budget_params", "trial", "retrained_params"])
 
 
 def make_run_config(recorded: dict, **overrides) -> RunConfig:
@@ -240,7 +343,7 @@ def make_run_config(recorded: dict, **overrides) -> RunConfig:
 # --- figures --------------------------------------------------------------------------------------------
 
 def fmt(value, spec: str, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or pd.isna(value):
         return "n/a"
     return f"{value:{spec}}{unit}"
 
@@ -254,7 +357,8 @@ def hover_text(row: pd.Series, layers: list[str]) -> str:
     """A trial's hover: number, accuracies, size, T, alpha (and KD kind), kept channels per block."""
     get = lambda key: row.get(key, math.nan)
     lines = [f"<b>trial {row['number']}</b>" + (" (Pareto front)" if row.get("pareto") else ""),
-             f"val top-1 {fmt(get(ACCURACY), '.2f', '%')}, test top-1 {fmt(get('test_top1'), '.2f', '%')}",
+             f"screening: held-out val top-1 {fmt(get(ACCURACY), '.2f', '%')} "
+             f"(test top-1 {fmt(get(TEST), '.2f', '%')} after the screening epochs)",
              f"{fmt(get('params'), ',.0f')} params, {fmt(get('flops') / 1e6, ',.1f')} MFLOPs, "
              f"{fmt(get('size_mb'), '.1f')} MB"
              + (f", {fmt(get('latency_ms'), '.2f')} ms" if "latency_ms" in row else ""),
@@ -269,9 +373,22 @@ def hover_text(row: pd.Series, layers: list[str]) -> str:
     return "<br>".join(lines)
 
 
-def front_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, cost: str, baseline: list[dict],
-                 layers: list[str]) -> go.Figure:
-    """Accuracy vs ``x``: trials, infeasible trials (if any), the front, the baseline and the seed (on params)."""
+def screening_protocol(config: dict) -> str:
+    """How the trials were screened, from the study's recorded config."""
+    get = lambda key: config.get(key, "(not recorded)")
+    subset, fraction = config.get("trial_subset"), config.get("val_fraction")
+    images = ("all training images" if subset == 0 else f"{subset:,} training images" if isinstance(subset, int)
+              else "(not recorded) training images")
+    split = f"{fraction:.0%}" if isinstance(fraction, (int, float)) else "(not recorded)"
+    return (f"held-out validation split ({split} of the training set, --val-fraction), after {get('prune_steps')} "
+            f"prune step(s) x {get('trial_epochs')} KD epoch(s) on {images} (--prune-steps, --trial-epochs, "
+            f"--trial-subset)")
+
+
+def screening_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, cost: str, layers: list[str],
+                     protocol: str) -> go.Figure:
+    """Screening top-1 vs ``x``: trials, infeasible trials (if any), the front. The baseline and the seed
+    are not drawn here: theirs are test-set accuracies after a full protocol (issue 11)."""
     complete = df[df["state"] == "COMPLETE"]
     rest = complete[~complete["number"].isin(front["number"])]
     fig = go.Figure()
@@ -280,34 +397,61 @@ def front_figure(df: pd.DataFrame, front: pd.DataFrame, x: str, cost: str, basel
         fig.add_trace(go.Scatter(x=part[x], y=part[ACCURACY], name=name, text=[hover_text(r, layers) for _, r in
                                  part.iterrows()], hovertemplate="%{text}<extra></extra>", **style))
 
-    trials(rest[rest["feasible"]], "trials", mode="markers", marker={"color": "#8c8c8c", "size": 7, "opacity": 0.7})
+    trials(rest[rest["feasible"]], "screening trials", mode="markers",
+           marker={"color": "#8c8c8c", "size": 7, "opacity": 0.7})
     if not rest["feasible"].all():
-        trials(rest[~rest["feasible"]], "over budget (infeasible)", mode="markers",
+        trials(rest[~rest["feasible"]], "screening trials over budget (infeasible)", mode="markers",
                marker={"color": "#8c8c8c", "symbol": "x", "size": 7})
-    trials(front.sort_values(x), f"Pareto front (accuracy vs {cost})", mode="lines+markers" if x == cost else "markers",
-           marker={"color": "#d62728", "size": 10}, line={"color": "#d62728"})
-    if baseline and x in baseline[0]:
-        fig.add_trace(go.Scatter(
-            x=[r[x] for r in baseline], y=[r["val_top1"] for r in baseline], mode="lines+markers",
-            name="iterative baseline", marker={"color": "#1f77b4"},
-            text=[f"{r['step']} ({r['phase']})" for r in baseline],
-            hovertemplate="baseline step %{text}<br>%{x:,.6g} " + x + "<br>%{y:.2f}% top-1<extra></extra>"))
-    if x == "params":  # the seed published params and accuracy only
-        fig.add_trace(go.Scatter(
-            x=[r["params"] for r in SEED_RESULTS], y=[r["val_top1"] for r in SEED_RESULTS], mode="lines+markers",
-            name="seed (published, CIFAR-100 224 px)", line={"dash": "dash", "color": "gray"},
-            text=[r["step"] for r in SEED_RESULTS],
-            hovertemplate="seed step %{text}<br>%{x:,} params<br>%{y:.2f}% top-1<extra></extra>"))
-    fig.update_layout(title=f"Top-1 accuracy vs {x}", xaxis_title=x, yaxis_title="top-1 (%)",
+    trials(front.sort_values(x), f"screening Pareto front (accuracy vs {cost})",
+           mode="lines+markers" if x == cost else "markers", marker={"color": "#d62728", "size": 10},
+           line={"color": "#d62728"})
+    fig.update_layout(title=f"Screening trials: held-out validation top-1 vs {x}<br><sub>{protocol}</sub>",
+                      xaxis_title=x, yaxis_title="screening top-1 (%), held-out validation split",
                       xaxis={"autorange": "reversed"}, template="plotly_white", hovermode="closest", height=560)
     return fig
 
 
+def full_protocol_figure(retrained: pd.DataFrame, baseline: pd.DataFrame, x: str) -> go.Figure | None:
+    """Test top-1 vs ``x`` after the full protocol: the retrained plans, the baseline and the seed (on
+    params: it published params and accuracy only); None when there is nothing to draw."""
+    fig = go.Figure()
+    if x in baseline.columns and len(baseline):
+        fig.add_trace(go.Scatter(
+            x=baseline[x], y=baseline[TEST], mode="lines+markers", name="iterative baseline (test set, full protocol)",
+            marker={"color": "#1f77b4"}, text=[f"{r['step']} ({r.get('phase', '')})" for _, r in baseline.iterrows()],
+            hovertemplate="baseline step %{text}<br>%{x:,.6g} " + x + "<br>test top-1 %{y:.2f}%<extra></extra>"))
+    if x in retrained.columns and len(retrained):
+        fig.add_trace(go.Scatter(
+            x=retrained[x], y=retrained[TEST], mode="markers", name="retrained plans (test set, full protocol)",
+            marker={"color": "#d62728", "symbol": "diamond", "size": 10},
+            text=[retrained_hover(r) for _, r in retrained.iterrows()], hovertemplate="%{text}<extra></extra>"))
+    if x == "params":
+        fig.add_trace(go.Scatter(
+            x=[r["params"] for r in SEED_RESULTS], y=[r[ACCURACY] for r in SEED_RESULTS], mode="lines+markers",
+            name=SEED_NAME, line={"dash": "dash", "color": "gray"}, text=[r["step"] for r in SEED_RESULTS],
+            hovertemplate="seed step %{text}<br>%{x:,} params<br>test top-1 %{y:.2f}%<extra></extra>"))
+    if not fig.data:
+        return None
+    fig.update_layout(title=f"Test top-1 after the full protocol vs {x}: retrained plans, baseline, seed",
+                      xaxis_title=x, yaxis_title="test top-1 (%), after the full protocol",
+                      xaxis={"autorange": "reversed"}, template="plotly_white", hovermode="closest", height=560)
+    return fig
+
+
+def retrained_hover(row: pd.Series) -> str:
+    """A retrained plan's hover: its test top-1 beside the screening accuracy that chose it."""
+    return (f"<b>trial {row['trial']}, retrained</b> (step {row['step']})<br>"
+            f"test top-1 {fmt(row[TEST], '.2f', '%')} after the full protocol<br>"
+            f"{fmt(row['params'], ',.0f')} params, {fmt(row.get('flops', math.nan) / 1e6, ',.1f')} MFLOPs<br>"
+            f"screening: held-out val top-1 {fmt(row.get('screening_val_top1', math.nan), '.2f', '%')}")
+
+
 def hypervolume_figure(history: pd.DataFrame, ref_note: str) -> go.Figure:
     fig = go.Figure(go.Scatter(x=history["number"], y=history["hypervolume"], mode="lines+markers",
-                               line_shape="hv", name="hypervolume",
+                               line_shape="hv", name="screening hypervolume",
                                hovertemplate="after trial %{x}: %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=f"Hypervolume of the front over trials (reference point: {ref_note})",
+    fig.update_layout(title=f"Screening hypervolume of the front over trials (held-out validation top-1 vs cost)"
+                            f"<br><sub>reference point: {ref_note}</sub>",
                       xaxis={"title": "trial number", "tickformat": "d"},
                       yaxis_title="hypervolume (fraction of the reference box)",
                       template="plotly_white")
@@ -316,7 +460,8 @@ def hypervolume_figure(history: pd.DataFrame, ref_note: str) -> go.Figure:
 
 def channels_figure(front: pd.DataFrame, cost: str, layers: list[str], dense: dict[str, int]) -> go.Figure:
     """Kept fraction of each layer's channels (colour) and the counts (hover) for every front plan."""
-    labels = [f"trial {int(r['number'])}: {cost_text(r[cost], cost)}, {r[ACCURACY]:.1f}%" for _, r in front.iterrows()]
+    labels = [f"trial {int(r['number'])}: {cost_text(r[cost], cost)}, screening {r[ACCURACY]:.1f}%"
+              for _, r in front.iterrows()]
     kept = front[[f"ch/{name}" for name in layers]].to_numpy(float)
     fig = go.Figure(go.Heatmap(
         z=kept / np.array([dense[name] for name in layers]), x=layers, y=labels, zmin=0, zmax=1,
@@ -407,8 +552,8 @@ class Page:
 def summary(df: pd.DataFrame, front: pd.DataFrame, pool: pd.DataFrame, cost: str) -> str:
     """One paragraph: trials per state, the objectives, the front's size and what it was taken from."""
     states = ", ".join(f"{n} {state}" for state, n in df["state"].value_counts().items())
-    text = (f"{len(df)} trials ({states}); objectives: maximise accuracy ({ACCURACY}, the held-out validation "
-            f"split), minimise {cost}; {len(front)} plans on the Pareto front")
+    text = (f"{len(df)} trials ({states}); objectives: maximise screening accuracy ({ACCURACY}, the held-out "
+            f"validation split), minimise {cost}; {len(front)} plans on the screening Pareto front")
     if df["feasible"].all():
         return text + "."
     if pool["feasible"].all():
@@ -425,14 +570,71 @@ def ordered(df: pd.DataFrame) -> pd.DataFrame:
     return df[head + [c for c in df.columns if c not in head]]
 
 
+def series_text(protocol: str, cfg: ReportConfig) -> str:
+    """The three series the page keeps apart (issue 11)."""
+    return ("Three series, never on one accuracy axis: (1) screening trials: top-1 on the " + protocol + "; the "
+            "value the search maximises, a cheap screen, not comparable with test accuracy; (2) retrained plans: "
+            "test top-1 after python -m search.retrain's full protocol; (3) the iterative baseline: test top-1 "
+            f"after its full protocol{'' if cfg.baseline else ' (none given: --baseline)'}, and the {SEED_NAME}.")
+
+
+def screening_section(page: Page, df: pd.DataFrame, front: pd.DataFrame, cost: str, layers: list[str],
+                      protocol: str) -> None:
+    page.heading(f"Screening trials: held-out validation top-1 vs {cost}")
+    page.text("Hover a point for its trial number, accuracies, size, T, alpha and kept channels.")
+    for x in [cost] + (["params"] if cost != "params" else []):
+        page.figure(screening_figure(df, front, x, cost, layers, protocol))
+
+
+def full_protocol_section(page: Page, retrained: pd.DataFrame, baseline: pd.DataFrame, cost: str,
+                          notes: list[str]) -> None:
+    page.heading("Test top-1 after the full protocol: retrained plans, baseline, seed")
+    page.text(" ".join(notes))
+    for x in ["params"] + (["flops"] if cost == "flops" else []):
+        fig = full_protocol_figure(retrained, baseline, x)
+        if fig is not None:
+            page.figure(fig)
+
+
+def budget_section(page: Page, budgets: pd.DataFrame, reference: str, cfg: ReportConfig) -> None:
+    page.heading("Retrained plans vs the baseline at each params budget (test set)")
+    if budgets.empty:
+        page.text("Nothing retrained yet: no retrained plan has a test top-1 to compare with the baseline on the "
+                  "test set, and screening accuracies are not comparable with it. Run python -m search.retrain "
+                  f"--study-name {cfg.study_name} --trials front, then this report again; budgets.csv holds only "
+                  "its header until then.")
+        return
+    tol = cfg.budget_tolerance
+    page.text(f"Test set only, full protocol on both sides. Budgets: the params of each {reference} model (at each "
+              f"size its most trained one). At each budget, the retrained plan with the best test top-1 among those "
+              f"with {(1 - tol) * 100:.0f} % to 100 % of the budget's params (--budget-tolerance {tol}: a much "
+              f"smaller plan does not stand for a budget); delta_top1 = retrained - reference, in points. The pick "
+              f"is made on the test set, so where several plans share a window it is optimistic.")
+    page.table(budgets)
+
+
+def hypervolume_section(page: Page, history: pd.DataFrame, ref_note: str, tested: pd.DataFrame,
+                        tested_note: str) -> None:
+    page.heading("Hypervolume")
+    page.figure(hypervolume_figure(history, ref_note))
+    if tested.empty:
+        page.text(f"Test-set hypervolume (retrained plans vs baseline): {tested_note}.")
+        return
+    page.text(f"Test-set hypervolume (test top-1 vs params, after the full protocol), as a fraction of the box "
+              f"[0, 100] % x [0, reference params]; one reference point for both series: {tested_note}.")
+    page.table(tested.drop(columns="reference_point"))
+
+
 def build(cfg: ReportConfig) -> dict:
-    """Write the report; returns its paths, the trace count of each figure (page order) and the front."""
+    """Write the report; returns its directory, the trace names of each figure (page order), the front and
+    the retrained trials."""
     with warnings.catch_warnings():  # the storage's heartbeat helpers are "experimental" in Optuna; reading is not
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = load_study(cfg.storage, cfg.study_name)
     cost = study_cost(study)
     config = study.user_attrs.get("config", {})
-    out = Path(cfg.out) if cfg.out else Path(config.get("out", "runs/search")) / cfg.study_name / "report"
+    study_dir = Path(config.get("out", "runs/search")) / cfg.study_name
+    out = Path(cfg.out) if cfg.out else study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study, cost)
     df["pareto"] = df["number"].isin(pareto_front(df, cost)["number"])
@@ -442,25 +644,24 @@ def build(cfg: ReportConfig) -> dict:
         dense_plan = channel_plan(build_resnet50(2, "none"))
     layers = list(dense_plan)
     baseline, baseline_note = read_baseline(cfg.baseline)
+    retrained, retrained_note = read_retrained(cfg, study_dir, df)
     dense = dense_costs(study, config)
-    ref_acc, ref_cost, ref_note = reference_point(pool, cost, dense)
+    ref_acc, ref_cost, ref_note = reference_point(pool[cost].max(), cost, dense, "the candidate trials")
     history = hypervolume_history(df, cost, (ref_acc, ref_cost))
-    budgets = budget_table(pool, baseline)
+    references = budget_references(baseline)
+    budgets = budget_table(references, retrained, cfg.budget_tolerance)
+    tested, tested_note = full_protocol_hypervolumes(retrained, baseline, dense)
     imp = importances(study, cost)
+    protocol = screening_protocol(config)
 
     page = Page(f"Search report: {cfg.study_name}")
-    page.text(f"Storage {redact(cfg.storage)}. {summary(df, front, pool, cost)} {baseline_note}")
-    page.heading("Accuracy vs cost")
-    page.text("Hover a point for its trial number, accuracies, size, T, alpha and kept channels.")
-    for x in [cost] + (["params"] if cost != "params" else []):
-        page.figure(front_figure(df, front, x, cost, baseline, layers))
-    page.heading("Best accuracy at each params budget")
-    page.text("Budgets are the parameter counts of the seed's published steps; the search's pick is the best "
-              "validation accuracy within the budget.")
-    page.table(budgets)
-    page.heading("Hypervolume")
-    page.figure(hypervolume_figure(history, ref_note))
-    page.heading("Layer-wise plans of the front")
+    page.text(f"Storage {redact(cfg.storage)}. {summary(df, front, pool, cost)}")
+    page.text(series_text(protocol, cfg))
+    screening_section(page, df, front, cost, layers, protocol)
+    full_protocol_section(page, retrained, baseline, cost, [retrained_note, baseline_note])
+    budget_section(page, budgets, references["reference"].iloc[0], cfg)
+    hypervolume_section(page, history, ref_note, tested, tested_note)
+    page.heading("Layer-wise plans of the screening front")
     if all(f"ch/{name}" in front.columns for name in layers):
         page.figure(channels_figure(front, cost, layers, dense_plan))
     else:
@@ -468,7 +669,7 @@ def build(cfg: ReportConfig) -> dict:
     if cfg.sensitivity:
         page.heading("Layer-wise sensitivity")
         page.figure(sensitivity_figure(read_sensitivity(cfg.sensitivity)))
-    page.heading("Parameter importances")
+    page.heading("Parameter importances (screening objectives)")
     if isinstance(imp, str):
         page.text(f"Parameter importances: {imp}.")
     else:
@@ -483,11 +684,17 @@ def build(cfg: ReportConfig) -> dict:
     write_csv_frame(ordered(df), out / "trials.csv")
     write_csv_frame(ordered(front), out / "pareto.csv")
     write_csv_frame(history, out / "hypervolume.csv")
+    write_csv_frame(retrained, out / "retrained.csv")
     write_csv_frame(budgets, out / "budgets.csv")
+    if not tested.empty:
+        write_csv_frame(tested, out / "test_hypervolume.csv")
     atomic_write_text(out / "report.html", page.html())
-    print(f"{len(front)} front plans of {len(df)} trials; hypervolume {history['hypervolume'].iloc[-1]:.4f} -> "
-          f"{out / 'report.html'}, {out / 'pareto.csv'}")
-    return {"out": out, "traces": [len(f.data) for f in page.figures], "front": front["number"].tolist()}
+    print(f"{len(front)} screening front plans of {len(df)} trials; screening hypervolume "
+          f"{history['hypervolume'].iloc[-1]:.4f}; {len(retrained)} retrained plan(s) -> {out / 'report.html'}, "
+          f"{out / 'budgets.csv'}")
+    return {"out": out, "series": [[trace.name for trace in f.data] for f in page.figures],
+            "front": front["number"].tolist(),
+            "retrained": retrained["trial"].tolist()}
 
 
 def dense_costs(study: optuna.Study, config: dict) -> dict:

@@ -1,55 +1,69 @@
-"""Retrain chosen plans of a study with the full budget and report their test accuracy.
+"""Retrain chosen plans of a study with the baseline's protocol and report their test accuracy.
 
     python -m search.retrain --study-name r50 --trials front           # every trial on the Pareto front
     python -m search.retrain --study-name r50 --trials 12 40           # chosen trial numbers
     python -m search.retrain --preset demo --trials front              # the demo study
-    python -m search.retrain --study-name r50 --trials front --final-epochs 100   # override any flag
+    python -m search.retrain --study-name r50 --trials 12 --final-epochs 0 --prune-steps 5   # override any flag
 
-Each plan is applied to the study's teacher in ``--prune-steps`` sub-steps with ``--epochs-per-step`` KD
-epochs on the full training set after each, then ``--final-epochs``, with the trial's temperature and
-alpha (and KD loss). The config is the study's recorded one, with the flags given here on top.
-Rows go to ``<out>/<study_name>/retrain/pruning_logs.csv`` (the baseline's columns plus ``trial``);
-rerunning the same command resumes.
+Like for like with ``baselines/iterative.py`` (issue 11): each plan starts from the study's teacher and
+is reached in as many prune steps as the baseline (``--ratio`` per step) takes to reach the plan's size
+(``--prune-steps N`` to choose), with ``--epochs-per-step`` KD epochs on the *whole* training set after
+each, then ``--final-epochs``; accuracy is measured on the test set, as the baseline measures it. The
+study's recorded config gives every other flag (data, image size, lr, batch size, ``--train-subset``),
+but the search's own screening choices do not carry over: no held-out split (``--val-fraction 0``) and
+no teacher-logit cache (``--teacher-cache 0``), the baseline's defaults. The trial's temperature, alpha
+and KD loss are kept. Flags given here override all of it.
+
+Each plan is a run directory ``<out>/<study_name>/retrain/trial_<N>/`` in the baseline's layout
+(pruning_logs.csv, check_points/step_<k>.pt); ``retrain/pruning_logs.csv`` gathers their rows with a
+``trial`` column. Rerunning the same command resumes.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.config import build_parser, config_dict, make_config
-from distill.pipeline import Session, load_teacher, make_row, open_session, retrain, summary_line
-from distill.results import prepare_out_dir, read_csv, write_csv
+from distill.config import RunConfig, build_parser, config_dict, make_config, opt
+from distill.engine import RunStore, matching_steps, plan_schedule, run_schedule
+from distill.pipeline import check_teacher_data, load_teacher, open_session
+from distill.results import prepare_out_dir, write_csv
 from distill.trainer import prepare
-from pruning.checkpoint import load_pruned, save_pruned
 from pruning.errors import UserError, run_cli
-from pruning.model import prunable_layers
-from search.config import SEARCH_PRESETS, SearchConfig
-from search.objective import prune_and_distill
+from pruning.model import channel_plan, prunable_layers
+from pruning.plan import target_plan
+from search.config import SEARCH_PRESETS, StudyFields
 from search.space import config_changes, layer_ratios
 from search.storage import load_study
 
-LOG = "pruning_logs.csv"
+# The search's screening choices that a retrain resets to the baseline's (RunConfig's) defaults.
+BASELINE_PROTOCOL = {"val_fraction": RunConfig.val_fraction, "teacher_cache": RunConfig.teacher_cache}
 
 
-def parse(argv: list[str] | None) -> tuple[SearchConfig, list[str]]:
-    """The study's recorded config with this command line's flags on top, and the ``--trials`` asked for."""
-    parser = build_parser(SearchConfig, __doc__, SEARCH_PRESETS)
-    parser.add_argument("--trials", nargs="+", default=["front"],
-                        help="trial numbers, or 'front' for the study's Pareto front [default: front]")
+@dataclass(frozen=True)
+class RetrainConfig(RunConfig, StudyFields):
+    trials: tuple[str, ...] = opt(("front",), "trial numbers, or 'front' for the study's Pareto front")
+    prune_steps: int = opt(0, "prune steps to reach each plan (0 = as many as the baseline takes to reach its size)")
+    out: str = opt("runs/search", "the study's output directory; plans are retrained in <out>/<study_name>/retrain/")
+
+
+def parse(argv: list[str] | None) -> RetrainConfig:
+    """The study's recorded config, the baseline protocol, then this command line's flags."""
+    parser = build_parser(RetrainConfig, __doc__, SEARCH_PRESETS)
     args = vars(parser.parse_args(argv))
-    trials = args.pop("trials")
     preset, config_file = args.pop("preset", None), args.pop("config", None)
-    located = make_config(SearchConfig, args, preset=preset, presets=SEARCH_PRESETS, config_file=config_file)
+    fields = {f.name for f in dataclasses.fields(RetrainConfig)}
+    presets = {name: {k: v for k, v in values.items() if k in fields} for name, values in SEARCH_PRESETS.items()}
+    located = make_config(RetrainConfig, args, preset=preset, presets=presets, config_file=config_file)
     recorded = load_study(located.storage, located.study_name).user_attrs.get("config", {})
-    cfg = make_config(SearchConfig, {**recorded, **args, "storage": located.storage,
-                                     "study_name": located.study_name})
-    return cfg, trials
+    inherited = {k: v for k, v in recorded.items() if k in fields and k not in ("force", "debug", "prune_steps")}
+    return make_config(RetrainConfig, {**inherited, **BASELINE_PROTOCOL, **args, "storage": located.storage,
+                                       "study_name": located.study_name})
 
 
-def select_trials(study, asked: list[str]) -> list[FrozenTrial]:
+def select_trials(study, asked: tuple[str, ...]) -> list[FrozenTrial]:
     """The COMPLETE trials named by number, plus the Pareto front for ``front``."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     chosen: dict[int, FrozenTrial] = {}
@@ -69,59 +83,35 @@ def select_trials(study, asked: list[str]) -> list[FrozenTrial]:
     return [chosen[n] for n in sorted(chosen)]
 
 
-def ckpt_path(out: Path, trial: int, step: int) -> Path:
-    return out / "check_points" / f"trial_{trial}_step_{step:03d}.pt"
-
-
-def run(cfg: SearchConfig, asked: list[str]) -> list[dict]:
-    """Retrain (or resume retraining) the chosen trials; returns the rows of pruning_logs.csv."""
+def run(cfg: RetrainConfig) -> list[dict]:
+    """Retrain (or resume retraining) the chosen trials; returns the rows of retrain/pruning_logs.csv."""
     study = load_study(cfg.storage, cfg.study_name)
-    trials = select_trials(study, asked)
+    trials = select_trials(study, cfg.trials)
+    space = study.user_attrs.get("config", {}).get("space", "layer")
     out = prepare_out_dir(cfg.study_dir / "retrain", config_dict(cfg), cfg.force)
-    sess = open_session(cfg)
     teacher_path = cfg.teacher or study.user_attrs.get("teacher", "")
     if not teacher_path:
         raise UserError(f"study {cfg.study_name!r} records no teacher; pass --teacher PATH")
+    sess = open_session(cfg)
+    check_teacher_data(teacher_path, cfg, sess.data)  # only matters with a --val-fraction of its own
     teacher = prepare(load_teacher(teacher_path, sess.data.num_classes), sess.rt)
-    layers = prunable_layers(teacher)
-    rows = read_csv(out / LOG)
+    dense, layers = channel_plan(teacher), prunable_layers(teacher)
+    rows = []
     for trial in trials:
-        sess.cfg = dataclasses.replace(cfg, teacher=teacher_path, **config_changes(trial.params))
-        retrain_trial(sess, teacher, trial.number, layer_ratios(trial.params, layers, cfg.space), rows, out)
-    print(f"{len(trials)} plan(s) retrained -> {out / LOG}")
+        trial_cfg = dataclasses.replace(cfg, teacher=teacher_path, **config_changes(trial.params))
+        target = target_plan(dense, layer_ratios(trial.params, layers, space), cfg.round_to)
+        steps = cfg.prune_steps or matching_steps(dense, target, cfg.ratio, cfg.round_to)
+        schedule = plan_schedule(dense, target, steps, cfg.epochs_per_step, cfg.final_epochs, cfg.round_to)
+        _, trial_rows = run_schedule(sess, trial_cfg, teacher, schedule, RunStore(out / f"trial_{trial.number}"),
+                                     label=f"trial {trial.number}")
+        rows += [{"trial": trial.number, **r} for r in trial_rows]
+        write_csv(out / "pruning_logs.csv", rows)
+    print(f"{len(trials)} plan(s) retrained with the baseline's protocol -> {out / 'pruning_logs.csv'}")
     return rows
 
 
-def retrain_trial(sess: Session, teacher, number: int, ratios: dict[str, float], rows: list[dict], out: Path) -> None:
-    """Sub-steps 1..K (prune + --epochs-per-step KD), then step K+1 (--final-epochs); skips finished steps."""
-    cfg = sess.cfg
-    done = {r["step"] for r in rows if r["trial"] == number}
-    steps = cfg.prune_steps
-    partial = out / "check_points" / "partial.pt"
-
-    def record(step: int, phase: str, model, metrics: dict, prune_s: float) -> None:
-        row = {"trial": number, **make_row(sess, model, step, phase, metrics, prune_wall_s=prune_s)}
-        save_pruned(ckpt_path(out, number, step), row.pop("_model"), {"trial": number, "step": step, "phase": phase})
-        rows.append(row)
-        write_csv(out / LOG, rows)
-        partial.unlink(missing_ok=True)
-        print(f"trial {number} {summary_line(row)}", flush=True)
-
-    finished = max((s for s in done if s <= steps), default=0)
-    if finished < steps:
-        start = load_pruned(ckpt_path(out, number, finished))[0] if finished else None
-        for step, model, metrics, prune_s in prune_and_distill(sess, teacher, ratios, steps, cfg.epochs_per_step,
-                                                               f"trial_{number}", partial, start, finished + 1):
-            record(step, "prune", model, metrics, prune_s)
-    if cfg.final_epochs and steps + 1 not in done:
-        model = load_pruned(ckpt_path(out, number, steps))[0]
-        model, metrics = retrain(sess, model, teacher, cfg.final_epochs, cfg.lr, f"trial_{number}_final", partial,
-                                 epoch_seed=1000 * (steps + 1), temperature=cfg.temperature, alpha=cfg.alpha)
-        record(steps + 1, "final", model, metrics, 0.0)
-
-
 def main(argv: list[str] | None = None) -> list[dict] | None:
-    return run_cli(lambda: run(*parse(argv)), argv)
+    return run_cli(lambda: run(parse(argv)), argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from distill.config import RunConfig, make_config
+from pruning.checkpoint import save_pruned
+from pruning.model import build_resnet50
 
 # Small enough for a 2-core CPU: 4 classes, 64 training images, one batch of 32 per step.
 TINY = {"data": "synthetic", "synthetic_classes": 4, "synthetic_train": 64, "image_size": 32,
@@ -22,6 +24,20 @@ def _few_threads():
 @pytest.fixture
 def tiny_cfg(tmp_path) -> RunConfig:
     return make_config(RunConfig, {**TINY, "out": str(tmp_path / "run")})
+
+
+def untrained_teacher(path, num_classes: int = 4) -> str:
+    """A random-weight teacher checkpoint that records it was never fine-tuned (``teacher_epochs`` 0), so
+    the search's validation-split check accepts it: for tests of bookkeeping, not accuracy."""
+    save_pruned(path, build_resnet50(num_classes), {"phase": "teacher", "trained_on": {"teacher_epochs": 0}})
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory) -> str:
+    """An untrained 4-class teacher (see ``untrained_teacher``)."""
+    torch.manual_seed(0)
+    return untrained_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt")
 
 
 def tiny_argv(cfg: RunConfig, **changes) -> list[str]:

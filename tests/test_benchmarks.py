@@ -39,6 +39,14 @@ def test_train_throughput_smoke(tmp_path):
     assert positive(result["cache_build"]["views_per_s"])
 
 
+def test_train_throughput_smoke_on_an_imagefolder(tmp_path):
+    result = run_smoke(train_throughput, tmp_path, "--make-folder", str(tmp_path / "folder"))
+    assert result["data"] == f"imagefolder:{tmp_path / 'folder'}" and positive(result["decode"][0]["ms_per_image"])
+    got = {(r["path"], r["variant"]) for r in result["rows"] if positive(r["images_per_s"])}
+    assert got == {("streaming", v) for v in ("load", "ce", "kd")} | {("in_memory", v) for v in
+                                                                    ("load", "ce", "kd", "kd_cached")}
+
+
 def test_prune_step_smoke_times_both_backends_and_they_agree(tmp_path):
     pytest.importorskip("nni")
     result = run_smoke(prune_step, tmp_path)

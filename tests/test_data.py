@@ -71,10 +71,11 @@ def make_folder(root, classes, n=3):
 
 def test_imagefolder_infers_classes(tmp_path):
     make_folder(tmp_path, {"train": ["cat", "dog", "eel"], "val": ["cat", "dog", "eel"]})
-    data = load_data(f"imagefolder:{tmp_path}", image_size=32)
+    data = load_data(f"imagefolder:{tmp_path}", data_dir=str(tmp_path / "cache"), image_size=32)
     assert data.num_classes == 3 and len(data.train) == 9 and len(data.test) == 9
+    assert sorted(data.train.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     x, y = data.train[0]
-    assert x.shape == (3, 32, 32)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8  # 40 px files stored at --image-size 32
 
 
 @pytest.mark.parametrize("layout, match", [
@@ -85,4 +86,4 @@ def test_imagefolder_errors(tmp_path, layout, match):
     make_folder(tmp_path, layout)
     (tmp_path / "val").mkdir(exist_ok=True)
     with pytest.raises(UserError, match=match):
-        load_data(f"imagefolder:{tmp_path}", image_size=32)
+        load_data(f"imagefolder:{tmp_path}", data_dir=str(tmp_path / "cache"), image_size=32)

@@ -1,14 +1,17 @@
 """The batch (GPU-resident) augmentation has torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip
-semantics, on CPU tensors: every view pixel for pixel, the statistics of random draws, shapes and ranges."""
+semantics, on CPU tensors: every view pixel for pixel, the statistics of random draws, shapes and ranges;
+--augment resized-crop is torchvision's RandomResizedCrop (box table, geometry) and none has one view."""
 from __future__ import annotations
 
 import pytest
 import torch
+from torchvision import transforms
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from benchmarks.train_throughput import per_image_transform
-from distill.data import MEAN, NUM_VIEWS, PAD, STD, TensorLoader, TensorSplit, augment
+from distill.data import (MEAN, NUM_VIEWS, PAD, RRC_BOXES, RRC_RATIO, RRC_SCALE, STD, VIEWS, TensorLoader,
+                          TensorSplit, augment, resized_crop, rrc_boxes)
 
 CPU = torch.device("cpu")
 
@@ -75,4 +78,47 @@ def test_random_draws_have_torchvisions_crop_and_flip_statistics():
     torch.testing.assert_close(batch.x.mean(0), theirs.mean(0), rtol=0, atol=0.15)
     # Sanity of the statistic itself: without the flip, the column means would differ clearly.
     unflipped = augment(image.expand(n, -1, -1, -1), batch.view - batch.view % 2)
-    assert (loader.normalize(unflipped).mean(0) - theirs.mean(0)).abs().max().item() > 0.5
+    assert (loader.transform(unflipped, None).mean(0) - theirs.mean(0)).abs().max().item() > 0.5
+
+
+def test_a_resized_crop_view_is_torchvisions_resized_crop_then_flip():
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    top, left, h, w = 4, 6, 24, 20  # a pixel-aligned box, shrunk to 12 px (bilinear, no antialiasing)
+    box = torch.tensor([[top / 32, left / 32, h / 32, w / 32]]).expand(2, 4)
+    ours = resized_crop(image.expand(2, -1, -1, -1), box, torch.tensor([0, 1]), 12)
+    theirs = TF.resized_crop(image.float() / 255, top, left, h, w, [12, 12], antialias=False)
+    torch.testing.assert_close(ours[0], theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours[1], TF.horizontal_flip(theirs), rtol=0, atol=1e-5)
+
+
+def test_resized_crop_boxes_have_torchvisions_distribution():
+    boxes = rrc_boxes(RRC_BOXES)
+    assert torch.equal(boxes, rrc_boxes(RRC_BOXES)), "view ids must mean the same boxes in every run"
+    top, left, h, w = boxes.unbind(1)
+    area, aspect = h * w, w / h
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 1 + 1e-6).all() and (left + w <= 1 + 1e-6).all()
+    assert area.min() >= RRC_SCALE[0] - 1e-6 and aspect.min() >= 0.75 - 1e-6 and aspect.max() <= 4 / 3 + 1e-6
+    torch.manual_seed(0)
+    side, theirs = 1000, []
+    image = torch.zeros(1, 1, 1).expand(1, side, side)  # get_params reads only the shape
+    for _ in range(1500):
+        i, j, th, tw = transforms.RandomResizedCrop.get_params(image, list(RRC_SCALE), list(RRC_RATIO))
+        theirs.append((th * tw / side ** 2, tw / th, (j + tw / 2) / side))
+    theirs = torch.tensor(theirs)
+    assert area.mean().item() == pytest.approx(theirs[:, 0].mean().item(), abs=0.03)
+    assert aspect.mean().item() == pytest.approx(theirs[:, 1].mean().item(), abs=0.03)
+    assert (left + w / 2).mean().item() == pytest.approx(0.5, abs=0.03)
+    assert VIEWS["resized-crop"].count == 2 * RRC_BOXES
+
+
+@pytest.mark.parametrize("augment", ["resized-crop", "none"])
+def test_other_augmentations_draw_their_own_views_and_evaluate_deterministically(augment):
+    split = TensorSplit(torch.randint(0, 256, (40, 3, 37, 37), dtype=torch.uint8), torch.arange(40), augment)
+    train = next(iter(TensorLoader(split, 40, CPU, 32, train=True, seed=1)))
+    assert 0 <= train.view.min() and train.view.max() < VIEWS[augment].count
+    distinct = len(train.view.unique())
+    assert (distinct == 1) if augment == "none" else (distinct > 20)
+    evaluated = [next(iter(TensorLoader(split, 40, CPU, 32, train=False))).x for _ in range(2)]
+    assert torch.equal(*evaluated) and evaluated[0].shape == (40, 3, 32, 32)
+    if augment == "none":  # the one training view is the evaluation transform
+        torch.testing.assert_close(train.x, evaluated[0][train.index], rtol=0, atol=0)

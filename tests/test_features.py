@@ -152,7 +152,8 @@ def test_retrain_loads_extra_teachers_and_trains_and_checkpoints_hint_adapters(t
     monkeypatch.setattr(pipeline, "load_teacher", lambda path, n: loaded.append((path, n)) or copy.deepcopy(dense))
     sess = open_session(cfg, train_subset=cfg.batch_size)  # one batch
     partial = tmp_path / "partial.pt"
-    retrain(sess, copy.deepcopy(pruned), copy.deepcopy(dense), 1, 1e-3, "step_001", partial, 0, 4.0, 0.7)
+    retrain(sess, dataclasses.replace(cfg, temperature=4.0), copy.deepcopy(pruned), copy.deepcopy(dense), 1, 1e-3,
+            "step_001", partial, 0)
     assert loaded == [(str(extra), sess.data.num_classes)]
     saved = safe_load(partial)["adapters"]
     assert set(saved) == {f"{s}.{p}" for s in STAGES for p in ("weight", "bias")}

@@ -4,12 +4,18 @@ import json
 import pytest
 import torch
 
+import distill.engine
 import distill.pipeline
 from baselines import iterative
 from conftest import tiny_argv
+from distill.config import make_config
 from distill.results import read_csv
 from pruning.checkpoint import load_pruned
-from pruning.model import channel_plan
+from pruning.measure import count_params
+from pruning.model import build_from_plan, channel_plan
+from pruning.plan import target_plan
+from search.config import SearchConfig
+from search.space import baseline_plans, layer_ratios
 
 
 def run(cfg, **changes):
@@ -50,12 +56,12 @@ def test_rerun_resumes_without_redoing_or_duplicating(tiny_cfg, tmp_path, monkey
             raise KeyboardInterrupt("simulated kill in step 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(iterative, "prune_step", crash_on_second)
+    monkeypatch.setattr(distill.engine, "prune_step", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg, steps=2)
     assert [r["step"] for r in read_csv(out / "pruning_logs.csv")] == [0, 1]
     step1 = (out / "check_points" / "step_001.pt").stat().st_mtime_ns
-    monkeypatch.setattr(iterative, "prune_step", real)
+    monkeypatch.setattr(distill.engine, "prune_step", real)
     rows = run(tiny_cfg, steps=2)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert (out / "check_points" / "step_001.pt").stat().st_mtime_ns == step1  # not redone
@@ -122,3 +128,17 @@ def test_teacher_with_wrong_class_count(tiny_cfg, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tiny_cfg, teacher=str(teacher))
     assert "10 classes but the data has 4" in capsys.readouterr().err
+
+
+def test_enqueued_baseline_plans_have_the_widths_and_params_of_a_real_k_step_run(tiny_cfg, tmp_path):
+    """Issue 11: the search's baseline plans are the baseline's own k-step models, width for width."""
+    rows = run(tiny_cfg, steps=4, teacher_epochs=0, epochs_per_step=0, backend="torch-pruning")
+    dense = channel_plan(load_pruned(tmp_path / "run" / "check_points" / "step_000.pt")[0])
+    for space in ("layer", "stage"):
+        plans = baseline_plans(make_config(SearchConfig, {"steps": 4, "ratio": tiny_cfg.ratio, "space": space}), dense)
+        for k, params in zip((1, 2, 4), plans, strict=True):
+            model, _ = load_pruned(tmp_path / "run" / "check_points" / f"step_{k:03d}.pt")
+            widths = target_plan(dense, layer_ratios(params, list(dense), space))
+            assert widths == channel_plan(model)
+            assert count_params(build_from_plan(tiny_cfg.synthetic_classes, widths)) == rows[k]["params"]
+

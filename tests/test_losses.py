@@ -1,15 +1,21 @@
-"""distill.losses against hand computations on tiny tensors (issue 7)."""
+"""distill.losses against hand computations on tiny tensors (issues 7 and 12)."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from distill.config import make_config, parse_config
-from distill.losses import attention_loss, hint_loss, kd_loss, soft_targets
+from distill.data import Batch
+from distill.losses import attention_loss, dkd_loss, hint_loss, kd_loss, log_soft_targets, soft_targets
+from distill.pipeline import open_session, retrain
+from distill.trainer import Distiller
 from pruning.errors import UserError
+from pruning.model import build_resnet50
 
 
 def softmax(row: list[float], t: float = 1.0) -> list[float]:
@@ -67,6 +73,96 @@ def test_no_teacher_or_alpha_zero_is_cross_entropy():
     ce = nn.functional.cross_entropy(s, y)
     for parts in (kd_loss(s, None, y, 4.0, 0.7), kd_loss(s, torch.tensor(T1), y, 4.0, 0.0)):
         assert torch.equal(parts["loss"], ce) and parts["kd"].item() == 0
+
+
+def dkd_by_hand(s_row: list[float], t_row: list[float], y: int, temp: float) -> tuple[float, float]:
+    """TCKD and NCKD of one sample from their definitions (Zhao et al. 2022, Eqs. 1-4), T^2 included."""
+    ps, pt = softmax(s_row, temp), softmax(t_row, temp)
+    tckd = kl([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]])
+    rest = [i for i in range(len(s_row)) if i != y]
+    nckd = kl([pt[i] / (1 - pt[y]) for i in rest], [ps[i] / (1 - ps[y]) for i in rest])
+    return tckd * temp ** 2, nckd * temp ** 2
+
+
+def test_dkd_loss_is_the_papers_formula():
+    temp, alpha, a, b = 2.0, 0.4, 1.5, 8.0
+    parts = dkd_loss(torch.tensor(S), torch.tensor(T1), torch.tensor(Y), temp, alpha, a, b)
+    terms = [dkd_by_hand(s, t, y, temp) for s, t, y in zip(S, T1, Y)]
+    tckd, nckd = (sum(col) / len(S) for col in zip(*terms))
+    ce = sum(-math.log(softmax(s)[y]) for s, y in zip(S, Y)) / 2
+    assert parts["tckd"].item() == pytest.approx(tckd, rel=1e-5)
+    assert parts["nckd"].item() == pytest.approx(nckd, rel=1e-5)
+    assert parts["kd"].item() == pytest.approx(a * tckd + b * nckd, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(alpha * (a * tckd + b * nckd) + (1 - alpha) * ce, rel=1e-5)
+
+
+@pytest.mark.parametrize("row", [0, 1])
+def test_kd_is_tckd_plus_weighted_nckd(row):
+    """The paper's Eq. 5: KD = TCKD + (1 - p_target^teacher) * NCKD, per sample."""
+    s, t, y = torch.tensor(S[row:row + 1]), torch.tensor(T2[row:row + 1]), torch.tensor(Y[row:row + 1])
+    parts = dkd_loss(s, t, y, 3.0, 1.0, 1.0, 1.0)
+    p_target = softmax(T2[row], 3.0)[Y[row]]
+    kd = kd_loss(s, t, y, 3.0, 1.0)["kd"]
+    assert kd.item() == pytest.approx((parts["tckd"] + (1 - p_target) * parts["nckd"]).item(), rel=1e-5)
+
+
+def test_dkd_of_several_teachers_uses_their_weighted_mean_and_stays_finite():
+    w = (3.0, 1.0)
+    log_p = log_soft_targets([torch.tensor(T1), torch.tensor(T2)], 2.0, w)
+    assert torch.allclose(log_p.exp(), soft_targets([torch.tensor(T1), torch.tensor(T2)], 2.0, w), atol=1e-7)
+    # A teacher sure of the target: p_target rounds to 1 in float32, yet NCKD (its non-target shape) is exact.
+    sure = torch.tensor([[0.0, 200.0, 1.0]])
+    s = torch.tensor(S[:1], requires_grad=True)
+    parts = dkd_loss(s, sure, torch.tensor([1]), 1.0, 1.0, 1.0, 8.0)
+    parts["loss"].backward()
+    assert torch.isfinite(s.grad).all() and math.isfinite(parts["loss"].item())
+    assert parts["nckd"].item() == pytest.approx(dkd_by_hand(S[0], [0.0, 0.0, 1.0], 1, 1.0)[1], rel=1e-5)
+
+
+def test_dkd_without_teacher_or_alpha_is_cross_entropy():
+    s, y = torch.tensor(S), torch.tensor(Y)
+    for parts in (dkd_loss(s, None, y, 4.0, 0.7, 1.0, 8.0), dkd_loss(s, torch.tensor(T1), y, 4.0, 0.0, 1.0, 8.0)):
+        assert torch.equal(parts["loss"], nn.functional.cross_entropy(s, y)) and parts["kd"].item() == 0
+
+
+class _Cache:
+    """Stands in for a TeacherCache: the logits it was given, whatever the index and view."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits, self.calls = logits, 0
+
+    def lookup(self, index, view):
+        self.calls += 1
+        return self.logits
+
+
+class _NoForward(nn.Linear):
+    def forward(self, x):
+        raise AssertionError("the teacher ran although its cached logits serve dkd")
+
+
+def test_distiller_dkd_reads_cached_teacher_logits():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    d = Distiller(student, _NoForward(1, 1), 2.0, 0.6, "dkd", dkd_alpha=0.5, dkd_beta=4.0)
+    d.cache = _Cache(torch.tensor(T1))
+    batch = Batch(torch.randn(2, 3, 2, 2), torch.tensor(Y), torch.arange(2), torch.zeros(2, dtype=torch.long))
+    logits, parts = d(batch)
+    assert d.cache.calls == 1
+    expected = dkd_loss(logits, torch.tensor(T1), torch.tensor(Y), 2.0, 0.6, 0.5, 4.0)
+    assert set(parts) == {"loss", "ce", "kd", "tckd", "nckd"}
+    assert all(torch.equal(parts[k], expected[k]) for k in expected)
+
+
+def test_retrain_with_dkd_uses_the_configs_weights_and_the_teacher_cache(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, kd="dkd", dkd_alpha=2.0, dkd_beta=3.0, teacher_cache=2, synthetic_train=16,
+                              batch_size=16)
+    sess = open_session(cfg)
+    _, metrics = retrain(sess, cfg, build_resnet50(4, "none"), build_resnet50(4, "none"), 1, 1e-4, "step_001",
+                         Path(cfg.out) / "partial.pt", 0)
+    assert sess.teacher_cache is not None and metrics["train_tckd"] > 0 and metrics["train_nckd"] > 0
+    # One batch: the epoch's means are that batch's parts.
+    assert metrics["train_kd"] == pytest.approx(2.0 * metrics["train_tckd"] + 3.0 * metrics["train_nckd"], rel=1e-5)
 
 
 def test_attention_loss_by_hand():
@@ -131,6 +227,8 @@ def test_teachers_and_weights_parse_and_validate(tmp_path):
     assert cfg.teachers == (str(a), str(b)) and cfg.teacher_weights == (2.0, 1.0, 1.0)
     assert make_config(overrides={"teachers": [str(a)], "teacher_weights": [1, 3]}).teacher_weights == (1, 3)
     assert make_config(overrides={"teachers": ["previous"], "teacher_weights": [1, 0]}).teachers == ("previous",)
+    dkd = parse_config(["--kd", "dkd", "--dkd-alpha", "0.5", "--dkd-beta", "2"])
+    assert (dkd.kd, dkd.dkd_alpha, dkd.dkd_beta) == ("dkd", 0.5, 2.0)
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -141,6 +239,8 @@ def test_teachers_and_weights_parse_and_validate(tmp_path):
     ({"teachers": ["previous"], "teacher_weights": [0.0, 1.0]}, "also without the weights of 'previous'"),
     ({"beta": -1.0}, "--beta"),
     ({"kd": "feature"}, "--kd 'feature'"),
+    ({"dkd_alpha": -1.0}, "--dkd-alpha"),
+    ({"dkd_beta": -0.5}, "--dkd-beta"),
 ])
 def test_bad_kd_settings_are_user_errors(overrides, match):
     with pytest.raises(UserError, match=match):

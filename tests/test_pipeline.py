@@ -46,7 +46,7 @@ def test_stage_teachers_put_previous_in_its_place_with_its_weight(tiny_cfg, monk
     cfg = dataclasses.replace(tiny_cfg, teachers=teachers, teacher_weights=weights)
     sess = pipeline.Session(cfg, pipeline.make_runtime("cpu", False, False), SimpleNamespace(num_classes=4),
                             None, None, None)  # stage_teachers reads the config, device and class count
-    got, got_weights = pipeline.stage_teachers(sess, models["run"], models.get(previous))
+    got, got_weights = pipeline.stage_teachers(sess, cfg, models["run"], models.get(previous))
     assert [name_of(t, models) for t in got] == names and got_weights == expected_weights
 
 

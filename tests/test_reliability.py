@@ -26,12 +26,12 @@ from PIL import Image
 
 import distill.trainer
 from baselines import iterative
-from conftest import TINY, tiny_argv
+from conftest import TINY, tiny_argv, untrained_teacher
 from distill.config import RunConfig, config_dict, make_config
 from distill.data import load_data
 from distill.results import prepare_out_dir, read_csv
 from pruning import faults
-from pruning.checkpoint import load_pruned, save_pruned
+from pruning.checkpoint import load_pruned
 from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan, prunable_layers
 from search.__main__ import main as search_main
@@ -167,11 +167,6 @@ class Evil:
         return (os.system, ("touch pwned",))
 
 
-def checkpoint_file(path: Path, num_classes: int = 4) -> str:
-    save_pruned(path, build_resnet50(num_classes), {"phase": "teacher"})
-    return str(path)
-
-
 def pickled_code(path: Path) -> str:
     torch.save({"plan": {}, "num_classes": 4, "state_dict": {}, "hook": Evil()}, path)
     return str(path)
@@ -183,7 +178,7 @@ def foreign(path: Path) -> str:
 
 
 def truncated(path: Path) -> str:
-    checkpoint_file(path)
+    untrained_teacher(path)
     path.write_bytes(path.read_bytes()[:4096])
     return str(path)
 
@@ -192,11 +187,11 @@ LAYER = "layer1.0.conv1"
 # (flags of python baselines/iterative.py, given tmp_path, and a piece of the one-line error)
 BAD_INPUTS = {
     "dataset path missing": (lambda t: {"data": f"imagefolder:{t / 'nowhere'}"}, "nowhere/train is missing"),
-    "dataset spec malformed": (lambda t: {"data": "cifar-100"}, "use cifar100, synthetic or imagefolder:PATH"),
+    "dataset spec malformed": (lambda t: {"data": "cifar-100"}, "use cifar100, synthetic, shapes or imagefolder:PATH"),
     "imagefolder without classes": (lambda t: {"data": image_folder(t / "d", [], [])}, "class folder"),
     "imagefolder classes differ": (lambda t: {"data": image_folder(t / "d", ["cat", "dog"], ["cat", "eel"])},
                                    "different classes"),
-    "teacher has other classes": (lambda t: {"teacher": checkpoint_file(t / "t10.pt", 10)},
+    "teacher has other classes": (lambda t: {"teacher": untrained_teacher(t / "t10.pt", 10)},
                                   "has 10 classes but the data has 4"),
     "plan removes every channel": (lambda t: {"ratios": write(t / "r.json", json.dumps({LAYER: 1.0}))},
                                    f"{LAYER}=1.0: a pruning ratio must be in [0, 1)"),
@@ -266,7 +261,7 @@ def test_corrupt_images_are_skipped_with_a_count(tmp_path, capsys):
     spec = image_folder(tmp_path, ["cat", "dog"], ["cat", "dog"], n=3)
     write(tmp_path / "train" / "cat" / "broken.png", b"\x89PNG\r\n\x1a\n garbage")
     write(tmp_path / "train" / "dog" / "notes.txt", "not an image")
-    data = load_data(spec, image_size=32)
+    data = load_data(spec, data_dir=str(tmp_path / "cache"), image_size=32)
     assert data.num_classes == 2 and len(data.train) == 6  # the two bad files are not in the dataset
     warning = capsys.readouterr().err.strip()
     assert warning.startswith("warning: ") and "skipped 2 file(s)" in warning and len(warning.splitlines()) == 1
@@ -309,13 +304,6 @@ def test_nan_loss_stops_the_step_and_keeps_the_last_good_checkpoint(tiny_cfg, tm
     assert steps_of(out) == [0] and not (out / CHECKPOINTS / "step_001.pt").exists()
     teacher, meta = load_pruned(out / CHECKPOINTS / "step_000.pt")
     assert meta["step"] == 0 and all(torch.isfinite(p).all() for p in teacher.parameters())
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    """An untrained 4-class teacher: the search tests check bookkeeping, not accuracy."""
-    torch.manual_seed(0)
-    return checkpoint_file(tmp_path_factory.mktemp("teacher") / "teacher.pt")
 
 
 def search_argv(**changes) -> list[str]:

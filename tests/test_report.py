@@ -1,5 +1,6 @@
 """search.report (issue 4): the front, hypervolume, budgets and CSVs of a study, its HTML in headless
-Chromium, and the report of a real search. (optuna-dashboard serving a study: tests/test_search.py.)"""
+Chromium, and the report of a real search; screening, retrained and baseline series kept apart (issue 11).
+(optuna-dashboard serving a study: tests/test_search.py.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -22,17 +23,18 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from conftest import TINY, tiny_argv
-from distill.config import RunConfig, make_config
+from conftest import TINY, tiny_argv, untrained_teacher
+from distill.config import make_config
 from distill.pipeline import prune_step
 from distill.results import write_csv
-from pruning.checkpoint import save_pruned
+from pruning.checkpoint import load_pruned, save_pruned
 from pruning.measure import count_params
-from pruning.model import build_resnet50, channel_plan
+from pruning.model import channel_plan
 from pruning.plan import target_plan
 from search.__main__ import main as search_main
 from search.config import SearchConfig
-from search.report import hypervolume_2d, main as report_main, non_dominated
+from search.report import BUDGETS, RETRAINED, SEED_NAME, hypervolume_2d, main as report_main, non_dominated
+from search.report import with_test_top1
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 BUDGET = 21_000_000      # max_params of the synthetic study: pricier trials are infeasible
@@ -48,9 +50,8 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def teacher(work) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
-    model = build_resnet50(4, "none").eval()
-    save_pruned(work / "teacher.pt", model, {"phase": "teacher"})
-    return work / "teacher.pt", model
+    untrained_teacher(work / "teacher.pt")
+    return work / "teacher.pt", load_pruned(work / "teacher.pt")[0]
 
 
 def stage_ratios(rng: np.random.Generator) -> dict[str, float]:
@@ -68,7 +69,8 @@ def study_db(work, teacher) -> Path:
     study = optuna.create_study(study_name="synthetic", storage=JournalStorage(JournalFileBackend(str(db))),
                                 directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "params"])
-    config = make_config(RunConfig, {**TINY, "val_fraction": 0.25, "out": str(work / "search")})
+    config = make_config(SearchConfig, {**TINY, "val_fraction": 0.25, "out": str(work / "search"), "trial_epochs": 1,
+                                        "prune_steps": 2, "trial_subset": 32})
     study.set_user_attr("config", dataclasses.asdict(config))
     study.set_user_attr("teacher", str(teacher_path))
     dists = {**{f"ratio/{s}": FloatDistribution(0.0, 0.9) for s in STAGES},
@@ -108,8 +110,31 @@ def baseline_dir(work) -> Path:
     write_csv(out / "pruning_logs.csv", [
         {"step": s, "phase": "teacher" if s == 0 else "prune", "params": p, "size_mb": p * 4e-6, "flops": 3 * p,
          "val_top1": acc, "val_top5": 99.0}
-        for s, p, acc in ((0, 23_516_228, 70.0), (1, 20_469_301, 68.0), (2, 17_900_000, 64.5))])
+        for s, p, acc in ((0, 23_516_228, 70.0), (1, 20_469_301, 68.0), (2, 17_900_000, 64.5), (3, 17_900_000, 66.0))])
+    # val_fraction 0 and no test_top1 column: an older baseline, whose val_top1 is its test-set accuracy
     (out / "config.json").write_text(json.dumps({"config": {"val_fraction": 0.0}}))
+    return out
+
+
+# python -m search.retrain's finished models (trial: params, test top-1), far above the trials' screening
+# accuracies (issue 11); trial 4 is the most accurate but too small to stand for any baseline budget.
+RETRAINED_PLANS = {1: (20_000_000, 88.0), 2: (19_000_000, 87.0), 3: (16_500_000, 85.5), 4: (12_000_000, 91.0)}
+
+
+@pytest.fixture(scope="module")
+def retrain_dir(work) -> Path:
+    """The study's default retrain directory, as python -m search.retrain writes it: per trial, a prune step
+    and the final step (the finished model); val_top1 is a held-out split (lower), test_top1 the test set."""
+    out = work / "search" / "synthetic" / "retrain"
+    out.mkdir(parents=True)
+    rows = []
+    for trial, (params, test) in RETRAINED_PLANS.items():
+        for step, phase, p, acc in ((1, "prune", 22_000_000, 50.0), (2, "final", params, test)):
+            rows.append({"trial": trial, "step": step, "phase": phase, "params": p, "size_mb": p * 4e-6,
+                         "flops": 3 * p, "val_top1": acc - 20, "val_top5": 99.0, "val_loss": 1.0, "test_top1": acc,
+                         "test_top5": 99.0, "train_loss": 0.5})
+    write_csv(out / "pruning_logs.csv", rows)
+    (out / "config.json").write_text(json.dumps({"config": {"val_fraction": 0.1}}))
     return out
 
 
@@ -123,7 +148,7 @@ def sensitivity_csv(work) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(study_db, baseline_dir, sensitivity_csv, work) -> dict:
+def report(study_db, baseline_dir, retrain_dir, sensitivity_csv, work) -> dict:
     return report_main(["--study-name", "synthetic", "--storage", str(study_db), "--baseline", str(baseline_dir),
                         "--sensitivity", str(sensitivity_csv), "--device", "cpu", "--feature-images", "12",
                         "--out", str(work / "out")])
@@ -188,18 +213,63 @@ def test_non_dominated_keeps_ties_and_drops_dominated():
     assert non_dominated(acc[:3], cost[:3]).tolist() == [True, True, True]
 
 
-def test_budget_table_picks_the_best_feasible_trial_within_each_budget(report):
+def test_budget_table_compares_retrained_plans_with_the_baseline_on_the_test_set(report, study_db):
+    """Only test-set numbers after a full protocol: each retrained plan's finished model (not its earlier
+    step, not its screening accuracy) within 10 % below each baseline budget, against the baseline's most
+    trained model of that size."""
+    screening = {t.number: t.values[0] for t in load(study_db).trials if t.number in RETRAINED_PLANS}
+    assert max(screening.values()) < min(test for _, test in RETRAINED_PLANS.values())  # screening is far lower
     budgets = pd.read_csv(report["out"] / "budgets.csv")
-    trials = pd.read_csv(report["out"] / "trials.csv")
-    pool = trials[(trials["state"] == "COMPLETE") & trials["feasible"]]
-    for _, row in budgets.iterrows():
-        fits = pool[pool["params"] <= row["budget_params"]]
-        if fits.empty:
-            assert pd.isna(row["trial"])
-        else:
-            assert row["trial_params"] <= row["budget_params"]
-            assert row["trial_val_top1"] == fits["val_top1"].max()
-    assert budgets["baseline_step"].iloc[0] == 0 and budgets["baseline_val_top1"].iloc[0] == 70.0
+    expected = pd.DataFrame({
+        "reference": ["baseline"] * 3, "step": [0, 1, 3], "budget_params": [23_516_228, 20_469_301, 17_900_000],
+        "reference_test_top1": [70.0, 68.0, 66.0],  # step 3 (final) stands for 17.9M, not step 2
+        # 23.5M: only trial 1's unfinished step fits; 17.9M: trial 4 (91 %) is too small to stand for it
+        "trial": [np.nan, 1, 3], "retrained_params": [np.nan, 20_000_000, 16_500_000],
+        "retrained_test_top1": [np.nan, 88.0, 85.5], "delta_top1": [np.nan, 20.0, 19.5]})
+    assert budgets.columns.tolist() == BUDGETS
+    pd.testing.assert_frame_equal(budgets, expected, check_dtype=False)
+    retrained = pd.read_csv(report["out"] / "retrained.csv")
+    assert retrained.columns.tolist() == RETRAINED and report["retrained"] == [4, 3, 2, 1]  # cheapest first
+    assert dict(zip(retrained["trial"], zip(retrained["params"], retrained["test_top1"]))) == RETRAINED_PLANS
+    assert dict(zip(retrained["trial"], retrained["screening_val_top1"])) == screening
+
+
+def test_report_labels_the_three_series_and_never_mixes_them(report):
+    series = report["series"]
+    assert series[0] == ["screening trials", "screening trials over budget (infeasible)",
+                         "screening Pareto front (accuracy vs params)"]  # no baseline, no seed beside the trials
+    assert series[1] == ["iterative baseline (test set, full protocol)", "retrained plans (test set, full protocol)",
+                         SEED_NAME]
+    text = (report["out"] / "report.html").read_text()
+    for label in ("Screening trials: held-out validation top-1 vs params", "screening top-1 (%), held-out validation",
+                  "Test top-1 after the full protocol vs params", "test top-1 (%), after the full protocol",
+                  "25% of the training set", "2 prune step(s) x 1 KD epoch(s) on 32 training images",
+                  "Screening hypervolume of the front over trials", "Retrained plans vs the baseline at each params "
+                  "budget (test set)", "--budget-tolerance 0.1"):
+        assert label in text, label
+
+
+def test_test_set_hypervolume_puts_retrained_plans_and_baseline_on_one_reference_point(report, teacher):
+    table = pd.read_csv(report["out"] / "test_hypervolume.csv")
+    ref = count_params(teacher[1])  # 0 % and the dense teacher's params, for both series
+    assert table["series"].tolist() == ["retrained plans", "baseline"]
+    assert table["reference_point"].nunique() == 1 and f"{ref / 1e6:.2f}M params" in table["reference_point"][0]
+    assert table["hypervolume"][0] == pytest.approx((ref - 12_000_000) * 91.0 / (100 * ref))  # trial 4 dominates
+    baseline = (20_469_301 - 17_900_000) * 66.0 + (ref - 20_469_301) * 68.0  # the teacher's step adds nothing
+    assert table["hypervolume"][1] == pytest.approx(baseline / (100 * ref))
+
+
+@pytest.mark.parametrize("test_top1, val_fraction, expected", [
+    ([80.0, 81.0], 0.1, [80.0, 81.0]),     # rows carry test_top1: used as is
+    (["", ""], 0.0, [60.0, 61.0]),          # an older run that validated on the test set: its val_top1
+    (["", 81.0], 0.1, [np.nan, 81.0]),      # a held-out val_top1 is never taken for a test accuracy
+])
+def test_test_top1_comes_from_the_test_set_only(tmp_path, test_top1, val_fraction, expected):
+    rows = [{"step": i, "val_top1": 60.0 + i, "test_top1": t} for i, t in enumerate(test_top1)]
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"val_fraction": val_fraction}}))
+    df, note = with_test_top1(rows, tmp_path / "pruning_logs.csv")
+    np.testing.assert_array_equal(df["test_top1"].to_numpy(float), expected)
+    assert str(tmp_path / "pruning_logs.csv") in note
 
 
 def test_importances_cover_every_searched_param(report):
@@ -208,14 +278,15 @@ def test_importances_cover_every_searched_param(report):
     assert imp["val_top1"].sum() == pytest.approx(1.0) and imp["params"].sum() == pytest.approx(1.0)
 
 
-# Page order: accuracy vs params (trials, infeasible, front, baseline, seed), hypervolume, channel heatmap,
-# sensitivity, importances (one bar trace per objective), features (PCA of teacher and of the pruned plan).
-EXPECTED_TRACES = [5, 1, 1, 1, 2, 2]
+# Page order: screening vs params (trials, infeasible, front), test vs params (baseline, retrained, seed),
+# hypervolume, channel heatmap, sensitivity, importances (one bar trace per objective), features (PCA of
+# teacher and of the pruned plan).
+EXPECTED_TRACES = [3, 3, 1, 1, 1, 2, 2]
 
 
 def test_report_html_is_self_contained(report):
     text = (report["out"] / "report.html").read_text()
-    assert report["traces"] == EXPECTED_TRACES
+    assert [len(names) for names in report["series"]] == EXPECTED_TRACES
     assert text.count("Plotly.newPlot") == len(EXPECTED_TRACES)
     assert not re.search(r"<(script|link|img)[^>]*\b(src|href)=", text)  # plotly.js embedded, nothing fetched
 
@@ -246,26 +317,36 @@ def test_report_of_a_real_search(tmp_path, teacher, baseline_dir):
     assert all(f"ch/{layer}" in pareto.columns for layer in channel_plan(teacher[1]))
     html = (out["out"] / "report.html").read_text()
     assert "needs at least 10 COMPLETE trials" in html and not (out["out"] / "importances.csv").exists()
-    # trials, front, baseline, seed; hypervolume; heatmap; features (the front's checkpoints are kept)
-    assert out["traces"] == [4, 1, 1, 2]
+    assert "Nothing retrained yet" in html and out["retrained"] == []
+    # screening (trials, front); test (baseline, seed); hypervolume; heatmap; features (front checkpoints kept)
+    assert [len(names) for names in out["series"]] == [2, 2, 1, 1, 2]
 
 
-def test_a_flops_study_also_gets_a_params_chart(study_db, baseline_dir, tmp_path):
-    """Cost = FLOPs: the front is drawn against FLOPs (no seed: it published none) and again against params;
-    without the teacher here, the reference point falls back to 1.1 x the largest cost, and says so."""
+def test_a_flops_study_with_nothing_retrained(study_db, baseline_dir, tmp_path):
+    """Cost = FLOPs: the screening front is drawn against FLOPs and again against params, the test series
+    against params (with the seed) and FLOPs (without: it published none); without the teacher here, the
+    reference point falls back to 1.1 x the largest cost, and says so. Nothing retrained: the budget table
+    says so and compares no screening number with the baseline."""
     source = load(study_db)
     study = optuna.create_study(study_name="flops", storage=JournalStorage(JournalFileBackend(str(study_db))),
                                 directions=["maximize", "minimize"])
     study.set_metric_names(["accuracy", "flops"])
+    study.set_user_attr("config", {**source.user_attrs["config"], "out": str(tmp_path / "search")})  # no retrain/
     for t in source.trials[:4]:
         study.add_trial(create_trial(state=t.state, values=[t.values[0], t.user_attrs["flops"]], params=t.params,
                                      distributions=t.distributions, user_attrs=t.user_attrs))
     out = report_main(["--study-name", "flops", "--storage", str(study_db), "--baseline", str(baseline_dir),
                        "--no-features", "--out", str(tmp_path)])
-    # flops chart: trials, front, baseline; params chart: + seed; hypervolume; heatmap (importances: too few)
-    assert out["traces"] == [3, 4, 1, 1]
+    # screening vs flops, vs params (trials, front); test vs params (baseline, seed), vs flops (baseline);
+    # hypervolume; heatmap (importances: too few trials)
+    assert [len(names) for names in out["series"]] == [2, 2, 2, 1, 1, 1]
     html = (tmp_path / "report.html").read_text()
-    assert "1.1 x the largest flops of the candidate trials" in html and "Top-1 accuracy vs flops" in html
+    assert "1.1 x the largest flops of the candidate trials" in html
+    assert "Screening trials: held-out validation top-1 vs flops" in html and "full protocol vs flops" in html
+    assert "Nothing retrained yet" in html and out["retrained"] == []
+    budgets = pd.read_csv(tmp_path / "budgets.csv")
+    assert budgets.empty and budgets.columns.tolist() == BUDGETS
+    assert not (tmp_path / "test_hypervolume.csv").exists()
     pareto = pd.read_csv(tmp_path / "pareto.csv")
     flops = pareto["flops"].to_numpy(float)
     assert non_dominated(pareto["val_top1"].to_numpy(float), flops).all() and (np.diff(flops) >= 0).all()
@@ -277,6 +358,15 @@ def test_unknown_study_is_a_one_line_error(study_db, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --study-name nope") and "synthetic" in err and len(err.splitlines()) == 1
+
+
+def test_a_retrain_dir_without_rows_is_a_one_line_error(study_db, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        report_main(["--study-name", "synthetic", "--storage", str(study_db), "--retrain", str(tmp_path),
+                     "--no-features", "--out", str(tmp_path / "report")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --retrain {tmp_path}") and "search.retrain" in err and len(err.splitlines()) == 1
 
 
 def load_in_chromium(page: Path, profile: Path, timeout_s: float = 60):

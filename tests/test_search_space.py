@@ -11,9 +11,9 @@ import pytest
 from distill.config import make_config
 from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
-from pruning.plan import target_plan
+from pruning.plan import exact_ratios, substep_plans, target_plan, uniform_plans
 from search.config import SEARCH_PRESETS, SearchConfig
-from search.space import baseline_plans, layer_ratios, ratio_params, substep_ratios, suggest
+from search.space import baseline_plans, layer_ratios, ratio_params, suggest
 
 DENSE = channel_plan(build_resnet50(2))
 LAYERS = list(DENSE)
@@ -49,21 +49,26 @@ def test_substeps_end_exactly_at_the_target_plan(steps, round_to):
     for _ in range(20):
         ratios = {name: rng.uniform(0.0, 0.95) for name in LAYERS}
         target = target_plan(DENSE, ratios, round_to)
+        plans = substep_plans(DENSE, target, steps, round_to)
+        assert len(plans) == steps and plans[-1] == target
         current = dict(DENSE)
-        for step in range(1, steps + 1):
-            current = target_plan(current, substep_ratios(current, target, step, steps, ratios, round_to), round_to)
-            assert all(current[n] >= target[n] for n in LAYERS)  # never below the target on the way
-        assert current == target
+        for plan in plans:  # each sub-step is reachable from the one before by the floor rule
+            assert target_plan(current, exact_ratios(current, plan), round_to) == plan
+            assert all(target[n] <= plan[n] <= current[n] for n in LAYERS)  # never below the target on the way
+            current = plan
 
 
-def test_baseline_plans_are_the_uniform_ratios_of_k_baseline_steps():
-    cfg = make_config(SearchConfig, {"steps": 20, "ratio": 0.1, "max_ratio": 0.9})
-    plans = baseline_plans(cfg, LAYERS)
-    expected = [1 - 0.9 ** k for k in (5, 10, 20)]
-    assert [p["ratio/layer1.0.conv1"] for p in plans] == pytest.approx(expected)
-    assert all(len({v for k, v in p.items() if k.startswith("ratio/")}) == 1 for p in plans)  # uniform
+@pytest.mark.parametrize("space", ["layer", "stage", "block"])
+def test_baseline_plans_have_the_widths_of_k_iterated_baseline_steps(space):
+    """Issue 11: the floor rule applied k times (64 -> 57 -> 51 ...), not a one-shot 1 - 0.9^k ratio."""
+    cfg = make_config(SearchConfig, {"steps": 20, "ratio": 0.1, "max_ratio": 0.9, "space": space})
+    plans = baseline_plans(cfg, DENSE)
+    expected = uniform_plans(DENSE, {n: 0.1 for n in LAYERS}, 20)
+    assert [target_plan(DENSE, layer_ratios(p, LAYERS, space)) for p in plans] == [expected[k - 1] for k in (5, 10, 20)]
+    assert plans[-1]["ratio/layer1.0.conv1" if space == "layer" else "ratio/layer1" if space == "stage"
+                     else "ratio/layer1.0"] != pytest.approx(1 - 0.9 ** 20)  # what the one-shot rule gave
     assert all(p["temperature"] == 5.0 and p["alpha"] == 0.7 for p in plans)
-    capped = baseline_plans(make_config(SearchConfig, {"steps": 20, "max_ratio": 0.5}), LAYERS)
+    capped = baseline_plans(make_config(SearchConfig, {"steps": 20, "max_ratio": 0.5, "space": space}), DENSE)
     assert len(capped) == 1  # plans beyond --max-ratio are outside the space and left out
 
 
@@ -114,10 +119,11 @@ def test_example_studies_are_valid_configs(path):
     assert cfg.study_name == path.stem and cfg.val_fraction > 0  # one file per study, named after it
 
 
-@pytest.mark.parametrize("module", ["search.__main__", "search.retrain"])
-def test_help_lists_the_search_flags(module, capsys):
+@pytest.mark.parametrize("module, flags", [("search.__main__", ("--n-workers", "--max-ratio", "--study-name")),
+                                           ("search.retrain", ("--trials", "--prune-steps", "--study-name"))])
+def test_help_lists_the_commands_flags(module, flags, capsys):
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     out = capsys.readouterr().out
-    assert exc.value.code == 0 and "--n-workers" in out and "--max-ratio" in out and "python -m search" in out
+    assert exc.value.code == 0 and all(flag in out for flag in flags) and "python -m search" in out

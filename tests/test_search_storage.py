@@ -5,14 +5,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from pruning.errors import UserError
-from search.storage import (HEARTBEAT_KEY, STALE_REASON, fail_stale_trials, load_study, open_storage, pid_space,
-                            redact)
+from search.storage import (HEARTBEAT_KEY, STALE_REASON, fail_stale_trials, load_study, open_storage, pid_alive,
+                            pid_space, redact)
 
 
 # The tests create RUNNING trials with study.ask(), which Optuna's heartbeat expects from optimize() only.
@@ -37,6 +38,25 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.fixture
+def zombie():
+    """A child process that exited and that this process has not reaped (waited on) yet."""
+    proc = subprocess.Popen(["sleep", "60"])
+    proc.kill()
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.time() + 10
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+        time.sleep(0.01)
+    yield proc.pid
+    proc.wait()
+
+
+def test_pid_alive_sees_zombies_as_dead(zombie):
+    os.kill(zombie, 0)  # a signal still reaches it: this alone made a killed local worker look alive
+    assert not pid_alive(zombie)
+    assert pid_alive(os.getpid()) and not pid_alive(dead_pid())
+
+
 def assert_failed_and_requeued(study: optuna.Study, trial_id: int) -> None:
     trials = study.get_trials()
     failed = next(t for t in trials if t._trial_id == trial_id)
@@ -48,13 +68,14 @@ def assert_failed_and_requeued(study: optuna.Study, trial_id: int) -> None:
 
 
 @pytest.mark.parametrize("pid, age_s, stale", [("dead", 0, True),     # same machine, process gone: at once
+                                               ("zombie", 0, True),   # exited, not reaped yet: at once too
                                                ("alive", 1000, True),  # no beat for longer than the grace
                                                ("alive", 0, False)])   # beating: left alone
-def test_journal_stale_trials_fail_with_a_reason_and_are_retried(tmp_path, pid, age_s, stale):
+def test_journal_stale_trials_fail_with_a_reason_and_are_retried(tmp_path, request, pid, age_s, stale):
     study = new_study(str(tmp_path / "studies.db"))
     trial_id = running_trial(study)
-    beat = {"time": time.time() - age_s, "trial_id": trial_id, "pid": dead_pid() if pid == "dead" else os.getpid(),
-            "pid_space": pid_space()}
+    pids = {"dead": dead_pid, "zombie": lambda: request.getfixturevalue("zombie"), "alive": os.getpid}
+    beat = {"time": time.time() - age_s, "trial_id": trial_id, "pid": pids[pid](), "pid_space": pid_space()}
     study._storage.set_trial_system_attr(trial_id, HEARTBEAT_KEY, beat)
     fail_stale_trials(study)
     if stale:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from distill import teacher_cache
-from distill.data import NUM_VIEWS, TensorLoader, augment, synthetic_split
+from distill.data import NUM_VIEWS, TensorLoader, synthetic_split
 from distill.pipeline import open_session, retrain
 from distill.teacher_cache import build, load_or_build, recorded_views
 from distill.trainer import Distiller, make_optimizer, make_runtime, train_one_epoch
@@ -38,7 +38,7 @@ def loader():
 
 
 def teacher_on(loader: TensorLoader, teacher: nn.Module, index: int, view: int) -> torch.Tensor:
-    x = loader.normalize(augment(loader.images[index:index + 1], torch.tensor([view])))
+    x = loader.transform(loader.images[index:index + 1], torch.tensor([view]))
     with torch.no_grad():
         return teacher(x)[0]
 
@@ -58,15 +58,18 @@ def test_lookup_returns_the_teachers_logits_of_the_recorded_view(loader, rt):
         "two views of one image must give different logits, or this test proves nothing"
 
 
-def test_recorded_views_are_distinct_and_all_of_them_at_k_162():
-    assert torch.equal(recorded_views(5, NUM_VIEWS), torch.arange(NUM_VIEWS, dtype=torch.int16).expand(5, -1))
-    views = recorded_views(50, 4)
+def test_recorded_views_are_distinct_and_all_of_them_from_k_162():
+    every = torch.arange(NUM_VIEWS, dtype=torch.int16).expand(5, -1)
+    assert torch.equal(recorded_views(5, NUM_VIEWS, NUM_VIEWS), every)
+    assert torch.equal(recorded_views(5, NUM_VIEWS + 1, NUM_VIEWS), every), "K above the view count: every view"
+    assert torch.equal(recorded_views(3, 16, 1), torch.zeros(3, 1, dtype=torch.int16)), "--augment none: 1 view"
+    views = recorded_views(50, 4, NUM_VIEWS)
     assert views.shape == (50, 4)
     assert all(len(set(row.tolist())) == 4 for row in views)
     assert views.min() >= 0 and views.max() < NUM_VIEWS
     assert len({tuple(row.tolist()) for row in views}) > 40, "each image gets its own random views"
-    with pytest.raises(UserError, match="--teacher-cache 163"):
-        recorded_views(5, NUM_VIEWS + 1)
+    with pytest.raises(UserError, match="--teacher-cache 0"):
+        recorded_views(5, 0, NUM_VIEWS)
 
 
 def test_loader_draws_only_recorded_views_and_lookup_refuses_others(loader, rt):
@@ -130,13 +133,12 @@ def test_retrain_builds_the_cache_beside_the_teacher_and_uses_it(tiny_cfg):
     sess = open_session(cfg)
     teacher, student = build_resnet50(4, "none"), build_resnet50(4, "none")
     partial = Path(cfg.out) / "partial.pt"
-    _, metrics = retrain(sess, student, teacher, 1, 1e-4, "step_001", partial, 0, cfg.temperature, cfg.alpha)
+    _, metrics = retrain(sess, cfg, student, teacher, 1, 1e-4, "step_001", partial, 0)
     files = list((Path(cfg.out) / "check_points").glob("teacher_cache_*.pt"))
     assert len(files) == 1 and sess.teacher_cache is not None
-    assert sess.train_loader.recorded_views is sess.teacher_cache.views
-    assert metrics["train_kd"] > 0
+    # KD ran on cache lookups, which refuse unrecorded views (2 of 162 here): the epoch drew recorded views,
+    # from a copy of the loader, so that the session's loader, shared with CE stages, draws from all of them.
+    assert metrics["train_kd"] > 0 and sess.train_loader.recorded_views is None
     cache = sess.teacher_cache
-    retrain(sess, build_resnet50(4, "none"), None, 0, 1e-4, "teacher", Path(cfg.out) / "p2.pt", 0, 4.0, 0.0)
-    assert sess.train_loader.recorded_views is None, "CE stages draw from every view"
-    retrain(sess, student, teacher, 0, 1e-4, "step_002", Path(cfg.out) / "p3.pt", 0, 4.0, 0.7)
+    retrain(sess, cfg, student, teacher, 0, 1e-4, "step_002", Path(cfg.out) / "p3.pt", 0)
     assert sess.teacher_cache is cache, "the same teacher reuses the cache already in memory"

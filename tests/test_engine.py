@@ -1,0 +1,108 @@
+"""distill.engine: schedules as data, the one resume rule, and trials that never change shared state."""
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+
+import distill.pipeline
+from conftest import TINY
+from distill.config import RunConfig, make_config
+from distill.engine import RunStore, Step, matching_steps, plan_schedule, uniform_schedule
+from distill.pipeline import check_teacher_data, open_session, provenance
+from distill.results import write_csv
+from pruning.checkpoint import save_pruned
+from pruning.errors import UserError
+from pruning.model import build_resnet50, channel_plan
+from pruning.plan import target_plan, uniform_plans
+from search.config import SearchConfig
+from search.objective import Objective
+
+DENSE = channel_plan(build_resnet50(2))
+
+
+def test_uniform_schedule_is_the_baseline_widths_then_the_closing_step():
+    ratios = {name: 0.1 for name in DENSE}
+    schedule = uniform_schedule(DENSE, ratios, 3, epochs_per_step=2, final_epochs=5)
+    assert [s.widths for s in schedule[:3]] == uniform_plans(DENSE, ratios, 3)
+    assert schedule[-1] == Step(4, "final", None, 5)
+    assert [s.epochs for s in schedule] == [2, 2, 2, 5] and schedule[0].widths["layer1.0.conv1"] == 58
+
+
+def test_plan_schedule_ends_at_the_plan_and_matching_steps_finds_the_baseline_step():
+    ratios = {name: 0.1 for name in DENSE}
+    for k, widths in enumerate(uniform_plans(DENSE, ratios, 8), 1):
+        assert matching_steps(DENSE, widths, 0.1) == k
+        schedule = plan_schedule(DENSE, widths, k, epochs_per_step=1)
+        assert len(schedule) == k and schedule[-1].widths == widths and schedule[-1].phase == "prune"
+
+
+def test_a_step_counts_as_done_only_with_its_row_and_its_checkpoint(tmp_path):
+    store = RunStore(tmp_path)
+    save_pruned(store.checkpoint(0), build_resnet50(4))
+    write_csv(store.log, [{"step": 0, "phase": "teacher"}, {"step": 1, "phase": "prune"}])
+    assert [r["step"] for r in store.rows()] == [0]  # step 1's checkpoint is missing: it is redone
+
+
+@pytest.fixture
+def search_cfg(tmp_path) -> SearchConfig:
+    return make_config(SearchConfig, {**TINY, "backend": "torch-pruning", "trial_epochs": 1, "trial_subset": 32,
+                                      "teacher_cache": 4, "out": str(tmp_path / "runs"), "storage": str(tmp_path / "s.db")})
+
+
+def trained(**changes) -> RunConfig:
+    """The config a teacher was trained with (the baseline's, with TINY's data)."""
+    return make_config(RunConfig, {**TINY, "teacher_epochs": 1, **changes})
+
+
+def recorded_teacher(path, cfg, trained_cfg) -> str:
+    """A (random-weight) teacher checkpoint that records training on ``trained_cfg``'s training split."""
+    recipe, index = provenance(trained_cfg, open_session(trained_cfg).data)
+    save_pruned(path, build_resnet50(cfg.synthetic_classes), {"trained_on": recipe}, train_index=index)
+    return str(path)
+
+
+def test_a_teacher_that_saw_the_validation_split_is_refused_unless_forced(search_cfg, tmp_path):
+    data = open_session(search_cfg).data
+    seen_all = recorded_teacher(tmp_path / "all.pt", search_cfg, trained(val_fraction=0.0))
+    with pytest.raises(UserError, match=r"trained on \d+ of the \d+ held-out validation images.*--val-fraction 0.1"):
+        check_teacher_data(seen_all, search_cfg, data)
+    assert check_teacher_data(seen_all, dataclasses.replace(search_cfg, force=True), data) == len(data.val_index)
+    held_out = recorded_teacher(tmp_path / "held.pt", search_cfg, trained(val_fraction=0.1))  # same --val-fraction and --seed
+    assert check_teacher_data(held_out, search_cfg, data) == 0
+    other_seed = recorded_teacher(tmp_path / "seed.pt", search_cfg, trained(val_fraction=0.1, seed=1))
+    with pytest.raises(UserError, match="held-out validation"):  # another seed's split overlaps this one's
+        check_teacher_data(other_seed, search_cfg, data)
+    other_data = recorded_teacher(tmp_path / "other.pt", search_cfg,
+                                  trained(val_fraction=0.0, synthetic_train=96))
+    assert check_teacher_data(other_data, search_cfg, data) == 0  # trained on other images altogether
+    save_pruned(tmp_path / "bare.pt", build_resnet50(4))
+    with pytest.raises(UserError, match="does not record which images"):
+        check_teacher_data(str(tmp_path / "bare.pt"), search_cfg, data)
+
+
+def test_trials_run_with_their_own_config_and_leave_the_shared_session_as_it_was(search_cfg, tmp_path,
+                                                                                monkeypatch):
+    teacher = recorded_teacher(tmp_path / "teacher.pt", search_cfg, search_cfg)
+    objective = Objective(search_cfg, teacher)
+    session_cfg, loader_views = objective.sess.cfg, objective.sess.train_loader.recorded_views
+    seen = []
+
+    class Spy(distill.pipeline.Distiller):
+        def __init__(self, student, teacher, temperature, alpha, *args, **kwargs):
+            seen.append((temperature, alpha))
+            super().__init__(student, teacher, temperature, alpha, *args, **kwargs)
+
+    monkeypatch.setattr(distill.pipeline, "Distiller", Spy)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    plans = [{"temperature": 2.0, "alpha": 0.25}, {"temperature": 9.0, "alpha": 0.75}]
+    for params in plans:
+        study.enqueue_trial({**{f"ratio/{n}": 0.5 for n in DENSE}, **params})
+    study.optimize(objective, n_trials=2)
+    assert seen == [(2.0, 0.25), (9.0, 0.75)]
+    assert objective.sess.cfg is session_cfg and objective.cfg == dataclasses.replace(search_cfg, teacher=teacher)
+    assert objective.sess.train_loader.recorded_views is loader_views is None
+    widths = target_plan(DENSE, {n: 0.5 for n in DENSE})
+    assert all(t.user_attrs["params"] < 23_000_000 and t.user_attrs["ch/layer1.0.conv1"] == widths["layer1.0.conv1"]
+               for t in study.trials)

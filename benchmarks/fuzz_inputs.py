@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import pickle
 import random
 import shutil
@@ -46,13 +45,14 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable
+from unittest import mock
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import base_parser, machine, print_table, set_threads, write_json
 from distill.config import RunConfig, config_dict, parse_config
-from pruning.checkpoint import atomic_save, dense_plan, load_pruned, safe_load, save_pruned
+from pruning.checkpoint import atomic_save, content_digest, dense_plan, load_pruned, safe_load, save_pruned
 from pruning.errors import UserError, run_cli
 from pruning.model import build_from_plan, build_resnet50, channel_plan
 
@@ -150,8 +150,8 @@ def junk_json(rng: random.Random, valid: dict) -> bytes:
         depth = rng.choice([10, 1000, 100_000])
         return (rng.choice(["[", '{"a":', '{"config":']) * depth).encode() + rng.choice([b"", b"1" + b"]" * depth])
     if roll < 0.35:
-        return rng.choice([b"NaN", b"Infinity", b"-1e99999", b"1" * 5000, b"[]", b"null", b"\"text\"", b"\xef\xbb\xbf{}",
-                           "{}".encode("utf-16"), b""])
+        return rng.choice([b"NaN", b"Infinity", b"-1e99999", b"1" * 5000, b"[]", b"null", b"\"text\"",
+                           b"\xef\xbb\xbf{}", "{}".encode("utf-16"), b""])
     if roll < 0.45:
         return json.dumps(junk_value(rng)).encode()
     data = dict(valid)
@@ -267,8 +267,9 @@ def mutated_checkpoint(rng: random.Random, fx: Fixtures) -> dict:
                 continue
             value = state.get(key, torch.zeros(1))
             state[rng.choice([key, key, key, "extra.weight", 7])] = rng.choice([
-                None, 3, "w", [1.0], value.reshape(-1), value.reshape(-1)[:0], value.sum(), value.double(), value.to(torch.int64),
-                value.to(torch.complex64), value.bool(), value.half(), torch.zeros(5, 5), value.to_sparse()])
+                None, 3, "w", [1.0], value.reshape(-1), value.reshape(-1)[:0], value.sum(), value.double(),
+                value.to(torch.int64), value.to(torch.complex64), value.bool(), value.half(), torch.zeros(5, 5),
+                value.to_sparse()])
             if rng.random() < 0.2:
                 state.pop(key, None)
         else:
@@ -348,11 +349,10 @@ def journal(rng: random.Random, fx: Fixtures) -> Case:
     elif roll == 3:
         data = flip_bits(rng, fx.journal, rng.randint(1, 10))
     else:  # a junk line, or a record with wrong fields, at a random place (roll 5: lines shuffled)
-        junk = rng.choice([random_bytes(rng, 200).replace(b"\n", b"") + b"\n", json.dumps(junk_value(rng)).encode() + b"\n",
-                           json.dumps({"op_code": rng.randint(-1, 12), "worker_id": "w", **{
-                               k: junk_value(rng) for k in rng.sample(["study_id", "trial_id", "key", "value",
-                                                                        "state", "values", "param_name"], 3)}}
-                                      ).encode() + b"\n"])
+        fields = rng.sample(["study_id", "trial_id", "key", "value", "state", "values", "param_name"], 3)
+        record = {"op_code": rng.randint(-1, 12), "worker_id": "w", **{k: junk_value(rng) for k in fields}}
+        junk = rng.choice([random_bytes(rng, 200).replace(b"\n", b""), json.dumps(junk_value(rng)).encode(),
+                           json.dumps(record).encode()]) + b"\n"
         if roll == 5:
             rng.shuffle(lines)
         lines.insert(rng.randrange(len(lines) + 1), junk)
@@ -402,7 +402,8 @@ def images(rng: random.Random, fx: Fixtures) -> Case:
         good = fx.images[ext]
         data = rng.choice([random_bytes(rng, 4096), good[:rng.randrange(8, len(good))],
                            flip_bits(rng, good, rng.randint(1, 8)), b""])
-        target = root / rng.choice(["train", "val"]) / rng.choice(["a", "b"]) / f"bad{i}.{rng.choice([ext, ext.upper()])}"
+        folder = root / rng.choice(["train", "val"]) / rng.choice(["a", "b"])
+        target = folder / f"bad{i}.{rng.choice([ext, ext.upper()])}"
         target.write_bytes(data)
 
     def read():
@@ -456,6 +457,29 @@ def run_kind(name: str, cases: int, seed: int, fx: Fixtures) -> dict:
             "warned": warned, "first_case": examples, "cpu_s": round(time.process_time() - start, 2)}
 
 
+def digest_cost(directory: Path, repeats: int = 3) -> dict:
+    """CPU seconds of the sha256 digest of a dense ResNet50 checkpoint (CIFAR-100 head), and of the whole
+    save (``atomic_save``: torch.save + digest) and load (``safe_load``: torch.load + its check) it is part
+    of: the price of issue 14's integrity check (best of ``repeats``; the fsync's wait is not CPU time)."""
+    torch.manual_seed(0)
+    model = build_resnet50(100)
+    obj = {"plan": channel_plan(model), "num_classes": 100, "state_dict": model.state_dict(), "meta": {}}
+    path = directory / "dense.pt"
+
+    def best(thunk) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            thunk()
+            times.append(time.process_time() - start)
+        return round(min(times), 3)
+
+    digest_s = best(lambda: content_digest(obj))
+    save_s = best(lambda: atomic_save(obj, path))
+    return {"mb": round(path.stat().st_size / 1e6, 1), "digest_cpu_s": digest_s, "save_cpu_s": save_s,
+            "load_cpu_s": best(lambda: safe_load(path)), "repeats": repeats}
+
+
 def parse_args(argv: list[str] | None):
     parser = base_parser(__doc__)
     parser.add_argument("--cases", type=int, default=1000, help="cases per kind [default: 1000]")
@@ -472,16 +496,19 @@ def run(argv: list[str] | None) -> dict:
 
     args = parse_args(argv)
     set_threads(args.threads or 1)
-    search.storage.SETTLE_S = 0  # no other worker appends to the fuzzed journals: do not wait for one
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+    # No other worker appends to the fuzzed journals: do not wait for one. Relative paths land in ``tmp``.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp), mock.patch.object(search.storage, "SETTLE_S", 0):
         fx = make_fixtures(Path(tmp))
         rows = [run_kind(name, args.cases, args.seed, fx) for name in args.kinds]
+        cost = digest_cost(Path(tmp), repeats=1 if args.smoke else 3)
     table = [{**r, "escapes": sum(r["escapes"].values()),
               "escape types": ", ".join(f"{k} x{n}" for k, n in sorted(r["escapes"].items())) or "-"} for r in rows]
     print_table(table, ["kind", "cases", "errors", "ok", "escapes", "escape types", "warned", "cpu_s"],
                 f"fuzzed inputs: seed {args.seed}, {args.cases} cases per kind (cpu_s: process CPU time)")
+    print(f"sha256 digest of a dense ResNet50 checkpoint ({cost['mb']} MB): {cost['digest_cpu_s']} s CPU; the save "
+          f"with it {cost['save_cpu_s']} s, the load with its check {cost['load_cpu_s']} s (best of {cost['repeats']})")
     result = {"smoke": args.smoke, "machine": machine(), "seed": args.seed, "cases": args.cases, "rows": rows,
-              "escapes": sum(sum(r["escapes"].values()) for r in rows)}
+              "escapes": sum(sum(r["escapes"].values()) for r in rows), "digest": cost}
     write_json(args.json, result)
     return result
 

@@ -63,7 +63,8 @@ class RunConfig:
     backend: str = opt("nni", "pruning backend", ("nni", "torch-pruning"))
     round_to: int = opt(1, "round kept channel counts up to a multiple of this (8 helps tensor cores)")
     bn_calib_batches: int = opt(0, "after each pruning, re-estimate BatchNorm statistics on this many training "
-                                   "batches, forward only (EagleEye's adaptive BN; with 0 KD epochs a cheap screen)")
+                                   "batches, forward only (EagleEye's adaptive BN; with 0 KD epochs a cheap screen; "
+                                   "its time counts in prune_wall_s)")
     # --- distillation retraining ---
     epochs_per_step: int = opt(30, "KD retraining epochs after each pruning step")
     final_epochs: int = opt(50, "KD epochs on the last pruned model (the seed's closing step)")
@@ -97,8 +98,7 @@ class RunConfig:
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUME_NEUTRAL = {"device", "amp", "compile", "progress", "debug", "force", "workers", "download", "data_dir",
-                  "max_memory_gb",
-                  "n_workers", "n_trials", "storage", "keep_checkpoints"}
+                  "max_memory_gb", "n_workers", "n_trials", "storage", "keep_checkpoints", "trials"}
 
 # ``--teachers previous``: the model before each step's pruning joins the teachers, a "teacher assistant"
 # one step away from the student (Mirzadeh et al., AAAI 2020: TAKD narrows the teacher-student gap).

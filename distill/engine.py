@@ -8,6 +8,7 @@ with one resume rule kept by ``RunStore`` (or none, for screening trials, which 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,9 +141,11 @@ def run_step(sess: Session, cfg, teacher: nn.Module, previous: nn.Module, s: Ste
     if s.widths is not None:
         student, prune_s = prune_step(previous, exact_ratios(channel_plan(previous), s.widths), cfg.backend,
                                       cfg.round_to, cfg.image_size)
-        if cfg.bn_calib_batches:
+        if cfg.bn_calib_batches:  # counted in prune_wall_s: part of what it costs to get a scorable plan
+            start = time.perf_counter()
             student = recalibrate_bn(prepare(student, sess.rt, cfg.image_size), sess.train_loader,
                                      cfg.bn_calib_batches, sess.rt, epoch_seed=1000 * s.step)
+            prune_s += time.perf_counter() - start
     stage = f"{stage_prefix}step_{s.step:03d}"
     student, metrics = retrain(sess, cfg, student, teacher, s.epochs, cfg.lr, stage,
                                None if store is None else store.partial, epoch_seed=1000 * s.step,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -96,18 +97,23 @@ def run(cfg: RetrainConfig) -> list[dict]:
     check_teacher_data(teacher_path, cfg, sess.data)  # only matters with a --val-fraction of its own
     teacher = prepare(load_teacher(teacher_path, sess.data.num_classes), sess.rt)
     dense, layers = channel_plan(teacher), prunable_layers(teacher)
-    rows = []
     for trial in trials:
         trial_cfg = dataclasses.replace(cfg, teacher=teacher_path, **config_changes(trial.params))
         target = target_plan(dense, layer_ratios(trial.params, layers, space), cfg.round_to)
         steps = cfg.prune_steps or matching_steps(dense, target, cfg.ratio, cfg.round_to)
         schedule = plan_schedule(dense, target, steps, cfg.epochs_per_step, cfg.final_epochs, cfg.round_to)
-        _, trial_rows = run_schedule(sess, trial_cfg, teacher, schedule, RunStore(out / f"trial_{trial.number}"),
-                                     label=f"trial {trial.number}")
-        rows += [{"trial": trial.number, **r} for r in trial_rows]
+        run_schedule(sess, trial_cfg, teacher, schedule, RunStore(out / f"trial_{trial.number}"),
+                     label=f"trial {trial.number}")
+        rows = gather(out)
         write_csv(out / "pruning_logs.csv", rows)
     print(f"{len(trials)} plan(s) retrained with the baseline's protocol -> {out / 'pruning_logs.csv'}")
     return rows
+
+
+def gather(out: Path) -> list[dict]:
+    """The finished rows of every plan retrained in ``out`` (this command's and earlier ones'), with ``trial``."""
+    runs = sorted(out.glob("trial_*"), key=lambda d: int(d.name.split("_")[1]))
+    return [{"trial": int(d.name.split("_")[1]), **row} for d in runs for row in RunStore(d).rows()]
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:

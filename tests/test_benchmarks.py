@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from benchmarks import kd_kinds, latency, prune_step, train_throughput
+from benchmarks import kd_kinds, latency, prune_step, samplers, search_vs_baseline, train_throughput
 from distill.losses import KD_KINDS
+from distill.results import read_csv
 
 
 def run_smoke(module, tmp_path, *extra) -> dict:
@@ -97,3 +98,72 @@ def test_kd_kinds_smoke_times_every_kind_against_logits(tmp_path):
         assert all(positive(r) for r in ratios.values())
     params = {r["student"]: r["params"] for r in result["rows"]}
     assert params["pruned_1"] < params["dense"]
+
+
+def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
+    work = tmp_path / "work"
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work))
+    assert result["hypervolume"].keys() >= {"baseline", "search", "reference"}
+    assert result["epochs"].keys() >= {"baseline", "search"} and result["wall_s"].keys() >= {"baseline", "search"}
+    steps, final = result["steps"], result["final_epochs"]
+    budgets = result["budgets"]
+    assert [b["step"] for b in budgets] == search_vs_baseline.budget_steps(steps) == [1, 2]
+    baseline = {r["step"]: r for r in read_csv(work / "seed0" / "baseline" / "pruning_logs.csv")}
+    seed = result["per_seed"][0]
+    for b, mine in zip(budgets, seed["budgets"]):
+        assert set(search_vs_baseline.BUDGET_KEYS) <= b.keys()
+        k = b["step"]
+        # the baseline's model of that size: step k, or its closing epochs' row at k = S
+        assert b["baseline_test_top1"] == baseline[k + 1 if k == steps else k]["test_top1"]
+        assert b["budget_params"] == b["baseline_params"] == baseline[k]["params"]
+        assert (1 - search_vs_baseline.TOLERANCE) * b["budget_params"] <= b["search_params"] <= b["budget_params"]
+        assert b["delta_top1"] == pytest.approx(b["search_test_top1"] - b["baseline_test_top1"])
+        # retrained as the baseline trained it: k prune steps of E epochs, closing epochs only at k = S
+        retrained = read_csv(next((work / "seed0" / "retrain").glob(f"k{k}_trial{mine['trial']}"))
+                             / "seed0" / "retrain" / "pruning_logs.csv")
+        assert [r["phase"] for r in retrained] == ["prune"] * k + (["final"] if k == steps else [])
+        assert mine["search_epochs"] == mine["baseline_epochs"] == k + (final if k == steps else 0)
+    epochs = result["epochs"]
+    assert epochs["baseline"] == steps + final
+    assert epochs["search_retrain"] == sum(b["baseline_epochs"] for b in seed["budgets"])
+    # screens: one BN-calibration batch of 32 of the search's training split, in epochs of the whole set
+    assert epochs["search_screening"] == pytest.approx(seed["trials"] * 32 / seed["train_images"])
+    assert epochs["search"] == pytest.approx(epochs["search_screening"] + epochs["search_retrain"])
+    dense = baseline[0]["params"]  # the reference point: 0 % and the teacher's params
+    assert result["hypervolume"]["reference"] == {"test_top1": 0.0, "params": dense}
+    for side in ("baseline", "search"):  # of the models at the budgets, on each side
+        points = [{"params": b[f"{side}_params"], "test_top1": b[f"{side}_test_top1"]} for b in seed["budgets"]]
+        assert seed["hypervolume"][side] == search_vs_baseline.hypervolume(points, dense)
+        assert result["hypervolume"][side] == pytest.approx(seed["hypervolume"][side], abs=1e-4)  # one seed: its own
+    fidelity = result["fidelity"]
+    assert fidelity["plans"] == len(fidelity["rows"]) == 3
+    assert fidelity["bn_recal"]["epoch_equivalents"] < fidelity["epoch1"]["epoch_equivalents"]
+
+
+def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
+    trials = [{"number": 0, "params": 1000, "score": 50.0}, {"number": 1, "params": 950, "score": 60.0},
+              {"number": 2, "params": 850, "score": 90.0}, {"number": 3, "params": 1001, "score": 99.0},
+              {"number": 4, "params": 900, "score": 60.0}]
+    assert search_vs_baseline.pick(trials, 1000)["number"] == 4  # ties: the smaller plan; 850 is > 10 % below
+    assert search_vs_baseline.pick(trials, 800) is None
+
+
+def test_spearman_and_its_partial_form():
+    assert search_vs_baseline.spearman([1, 2, 3, 4], [10, 40, 90, 160]) == 1.0
+    assert search_vs_baseline.spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    assert search_vs_baseline.spearman([1, 1, 1], [1, 2, 3]) is None
+    # a and b agree only through size: with size held fixed nothing is left
+    size = [1, 2, 3, 4, 5, 6]
+    a, b = [1, 2, 3, 4, 6, 5], [2, 1, 3, 4, 5, 6]
+    assert search_vs_baseline.spearman(a, b) == pytest.approx(1 - 6 * 4 / (6 * 35), abs=1e-4)
+    assert abs(search_vs_baseline.partial_spearman(a, b, size)) < 0.05
+
+
+def test_samplers_smoke_scores_every_sampler(tmp_path):
+    result = run_smoke(samplers, tmp_path, "--work", str(tmp_path / "work"))
+    assert [r["sampler"] for r in result["samplers"]] == list(samplers.SAMPLERS)
+    assert len(result["studies"]) == len(samplers.SAMPLERS)
+    for study in result["studies"]:
+        assert study["trials"] == result["n_trials"]
+        assert 0 <= study["hypervolume_half"] <= study["hypervolume"] <= 1  # a front only grows
+    assert result["best"] == max(result["samplers"], key=lambda r: r["hypervolume"])["sampler"]

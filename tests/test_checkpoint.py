@@ -5,9 +5,10 @@ import re
 import pytest
 import torch
 
-from pruning.checkpoint import DIGEST, atomic_save, content_digest, load_pruned, safe_load, save_pruned
+from pruning.checkpoint import (DIGEST, atomic_save, content_digest, dense_plan, load_pruned, safe_load,
+                                save_pruned)
 from pruning.errors import UserError
-from pruning.model import build_resnet50, channel_plan, prunable_layers
+from pruning.model import build_from_plan, build_resnet50, channel_plan, prunable_layers
 from pruning.plan import uniform_ratios
 from pruning.prune import prune
 
@@ -78,6 +79,13 @@ def test_save_is_atomic_when_interrupted(pruned, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
 
 
+@pytest.fixture(scope="module")
+def small():
+    """The smallest real pruned model: every prunable conv at one channel (an 11.6 MB checkpoint)."""
+    torch.manual_seed(0)
+    return build_from_plan(7, {name: 1 for name in dense_plan()})
+
+
 def flip_tensor_bit(path) -> None:
     """One bit flipped in the middle of the file, i.e. in tensor data: torch's zip reader checks no CRC."""
     data = bytearray(path.read_bytes())
@@ -85,18 +93,18 @@ def flip_tensor_bit(path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_flipped_bit_is_refused_by_the_digest(pruned, tmp_path):
+def test_a_flipped_bit_is_refused_by_the_digest(small, tmp_path):
     path = tmp_path / "m.pt"
-    save_pruned(path, pruned, {"step": 3})
+    save_pruned(path, small, {"step": 3})
     flip_tensor_bit(path)
     torch.load(path, weights_only=True)  # the damage is invisible to torch itself
     with pytest.raises(UserError, match="its digest does not match: the file is damaged; delete it and rerun"):
         load_pruned(path)
 
 
-def test_the_digest_covers_every_entry_and_is_not_returned(pruned, tmp_path):
+def test_the_digest_covers_every_entry_and_is_not_returned(small, tmp_path):
     path = tmp_path / "m.pt"
-    save_pruned(path, pruned, {"step": 3}, optimizer={"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": []})
+    save_pruned(path, small, {"step": 3}, optimizer={"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": []})
     raw = torch.load(path, weights_only=True)
     assert raw[DIGEST] == content_digest(raw) and DIGEST not in safe_load(path)
     raw["optimizer"]["state"][0]["exp_avg"][0] = 2.0  # an entry outside plan and weights, changed
@@ -105,12 +113,12 @@ def test_the_digest_covers_every_entry_and_is_not_returned(pruned, tmp_path):
         safe_load(path)
 
 
-def test_checkpoints_without_a_digest_still_load(pruned, tmp_path):
+def test_checkpoints_without_a_digest_still_load(small, tmp_path):
     path = tmp_path / "old.pt"
-    torch.save({"plan": channel_plan(pruned), "num_classes": 7, "state_dict": pruned.state_dict(), "meta": {"v": 0}},
+    torch.save({"plan": channel_plan(small), "num_classes": 7, "state_dict": small.state_dict(), "meta": {"v": 0}},
                path)  # as save_pruned wrote them before issue 14
     model, meta = load_pruned(path)
-    assert meta == {"v": 0} and torch.equal(model.fc.weight, pruned.fc.weight)
+    assert meta == {"v": 0} and torch.equal(model.fc.weight, small.fc.weight)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -122,17 +130,17 @@ def test_checkpoints_without_a_digest_still_load(pruned, tmp_path):
     ({"meta": [1]}, "its state_dict and meta must be dicts"),
     ({"state_dict": {"fc.weight": torch.zeros(7, 2048)}}, "weights do not match its plan (layer1.0.conv1 has"),
 ])
-def test_a_checkpoint_with_junk_inside_is_named(change, message, pruned, tmp_path):
+def test_a_checkpoint_with_junk_inside_is_named(change, message, small, tmp_path):
     path = tmp_path / "m.pt"
-    save_pruned(path, pruned)
+    save_pruned(path, small)
     atomic_save({**safe_load(path), **change}, path)  # a valid digest of the junk: the structure check decides
     with pytest.raises(UserError, match=re.escape(message)):
         load_pruned(path)
 
 
-def test_a_tensor_of_another_shape_or_type_is_named(pruned, tmp_path):
+def test_a_tensor_of_another_shape_or_type_is_named(small, tmp_path):
     path = tmp_path / "m.pt"
-    save_pruned(path, pruned)
+    save_pruned(path, small)
     ckpt = safe_load(path)
     ckpt["state_dict"]["bn1.running_mean"] = torch.zeros(3)
     atomic_save(ckpt, path)

@@ -5,6 +5,7 @@ import dataclasses
 
 import optuna
 import pytest
+import torch
 
 import distill.pipeline
 from conftest import TINY
@@ -12,6 +13,7 @@ from distill.config import RunConfig, make_config
 from distill.engine import RunStore, Step, matching_steps, plan_schedule, uniform_schedule
 from distill.pipeline import check_teacher_data, open_session, provenance
 from distill.results import write_csv
+from distill.trainer import recalibrate_bn
 from pruning.checkpoint import save_pruned
 from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
@@ -106,3 +108,17 @@ def test_trials_run_with_their_own_config_and_leave_the_shared_session_as_it_was
     widths = target_plan(DENSE, {n: 0.5 for n in DENSE})
     assert all(t.user_attrs["params"] < 23_000_000 and t.user_attrs["ch/layer1.0.conv1"] == widths["layer1.0.conv1"]
                for t in study.trials)
+
+
+def test_bn_recalibration_sets_the_statistics_to_the_training_batches_mean(tiny_cfg):
+    """EagleEye's adaptive BN: after pruning, BatchNorm statistics are re-estimated on M training batches
+    (forward only); bn1's running mean is then exactly the mean of conv1's outputs over those batches."""
+    sess = open_session(tiny_cfg)
+    model = build_resnet50(4)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_bn(model, sess.train_loader, 2, sess.rt, epoch_seed=7)
+    sess.train_loader.set_epoch(7)
+    outputs = torch.cat([model.conv1(batch.x) for batch, _ in zip(sess.train_loader, range(2))])
+    torch.testing.assert_close(model.bn1.running_mean, outputs.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training and model.bn1.momentum == 0.1  # restored for training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # no weight moved

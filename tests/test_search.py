@@ -23,12 +23,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import distill.engine
 from conftest import TINY, tiny_argv
 from distill.config import make_config
 from distill.results import read_csv
 from distill.trainer import NonFiniteLoss
 from pruning.model import build_resnet50, channel_plan
-from pruning.plan import target_plan
+from pruning.plan import target_plan, uniform_plans
 from search.__main__ import main
 from search.config import SearchConfig
 from search.retrain import main as retrain_main
@@ -90,10 +91,11 @@ def test_study_has_two_named_objectives_and_records_every_trial(searched):
         assert {"temperature", "alpha"} <= set(t.params)
 
 
-def test_the_baseline_uniform_plan_is_enqueued(searched):
+def test_the_baseline_plan_is_enqueued(searched):
     first = trials_of(searched)[0]
-    ratios = [v for k, v in first.params.items() if k.startswith("ratio/")]
-    assert len(ratios) == len(DENSE) and ratios == pytest.approx([0.1] * len(DENSE))  # TINY: 1 step of 0.1
+    (one_step,) = uniform_plans(DENSE, {name: 0.1 for name in DENSE}, 1)  # TINY: 1 step of 0.1
+    assert target_plan(DENSE, layer_ratios(first.params, list(DENSE), "layer")) == one_step
+    assert {k: first.user_attrs[f"ch/{k}"] for k in DENSE} == one_step
     assert (first.params["temperature"], first.params["alpha"]) == (5.0, 0.7)
 
 
@@ -126,9 +128,7 @@ def test_rerun_tops_up_to_n_trials_without_redoing_any(searched, tmp_path):
 
 
 def test_a_failing_trial_is_fail_with_its_reason_and_the_next_completes(tmp_path, teacher, monkeypatch):
-    import search.objective
-
-    real, calls = search.objective.prune_step, []
+    real, calls = distill.engine.prune_step, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -136,7 +136,7 @@ def test_a_failing_trial_is_fail_with_its_reason_and_the_next_completes(tmp_path
             raise NonFiniteLoss("trial_0_step_001: the training loss became nan")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "prune_step", flaky)
+    monkeypatch.setattr(distill.engine, "prune_step", flaky)
     monkeypatch.chdir(tmp_path)
     main(argv(n_trials=1, teacher=teacher))
     trials = trials_of(tmp_path)
@@ -206,6 +206,20 @@ def test_retrain_writes_the_baselines_columns_and_resumes(searched):
     assert {"params", "size_mb", "flops", "val_top1", "test_top1", "epochs", "train_wall_s"} <= set(header)
     assert all(f"ch/{layer}" in header for layer in DENSE)
     assert rows[-1]["params"] == trial.user_attrs["params"]  # the trial's plan, rebuilt with the full budget
+    recorded = json.loads((searched / "runs/tiny/retrain/config.json").read_text())["config"]
+    # The baseline's protocol, not the screening one: the whole training set, no held-out split, no cache.
+    assert (recorded["val_fraction"], recorded["teacher_cache"], recorded["train_subset"]) == (0.0, 0, 0)
+    assert rows[-1]["val_top1"] == rows[-1]["test_top1"]  # validated on the test set, as the baseline does
+
+
+def test_retraining_another_trial_keeps_the_earlier_ones(searched, tmp_path):
+    root = shutil.copytree(searched, tmp_path / "copy")
+    shutil.rmtree(root / "runs/tiny/retrain", ignore_errors=True)  # another test's retrain, other flags
+    with contextlib.chdir(root):
+        retrain_main(["--study-name", "tiny", "--trials", "0", "--final-epochs", "0"])
+        rows = retrain_main(["--study-name", "tiny", "--trials", "1", "--final-epochs", "0"])
+    assert sorted({r["trial"] for r in rows}) == [0, 1]
+    assert read_csv(root / "runs/tiny/retrain/pruning_logs.csv") == rows
 
 
 def free_port() -> int:

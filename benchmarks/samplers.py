@@ -22,13 +22,10 @@ from pathlib import Path
 import optuna
 
 from benchmarks.common import machine, print_table, set_threads, write_json
-from benchmarks.search_vs_baseline import SMOKE, Seed, finish_args, mean_spread, screening_parser
+from benchmarks.search_vs_baseline import SAMPLERS, SMOKE, Seed, finish_args, mean_spread, screening_parser
 from pruning.errors import UserError, run_cli
 from search.report import dense_costs, hypervolume_history, trials_frame
 from search.storage import load_study
-
-SAMPLERS = ("tpe", "gp", "random", "nsga2")
-
 
 def parse_args(argv: list[str] | None):
     parser = screening_parser(__doc__)

@@ -1,7 +1,7 @@
 """For the same compute, does the search give a better model than the fixed schedule? (issue 12)
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
-    python benchmarks/search_vs_baseline.py --threads 1 --clock cpu --json svb.json  # the defaults below
+    python benchmarks/search_vs_baseline.py --threads 1 --clock cpu --json svb.json  # --data shapes, 32 px, S = 4
     python benchmarks/search_vs_baseline.py --steps 4 --ratio 0.2 --epochs-per-step 1 --final-epochs 1 \\
         --n-trials 40 --seeds 3 --fidelity 12 --data synthetic --synthetic-classes 40 --lr 1e-3
 
@@ -34,6 +34,7 @@ process's CPU time, steadier on a shared machine with ``--threads 1``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -73,6 +74,7 @@ SMOKE_FLAGS = ["--data", "synthetic", "--synthetic-classes", "4", "--synthetic-t
                "--no-progress"]
 SMOKE = {"steps": 2, "ratio": 0.2, "epochs_per_step": 1, "final_epochs": 1, "teacher_epochs": 1, "n_trials": 4,
          "bn_calib_batches": 1, "fidelity": 3, "fidelity_epochs": 1, "seeds": 1}
+SAMPLERS = next(f for f in dataclasses.fields(SearchConfig) if f.name == "sampler").metadata["choices"]
 BUDGET_KEYS = ("budget_params", "baseline_params", "baseline_test_top1", "search_params", "search_test_top1",
                "delta_top1")
 
@@ -113,7 +115,7 @@ def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: 
 def parse_args(argv: list[str] | None):
     parser = screening_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=1, help="repeat with --seed 0..N-1: mean and spread [default: 1]")
-    parser.add_argument("--sampler", default=SearchConfig.sampler, choices=("tpe", "nsga2", "gp", "random"),
+    parser.add_argument("--sampler", default=SearchConfig.sampler, choices=SAMPLERS,
                         help=f"the search's sampler [default: {SearchConfig.sampler}]")
     parser.add_argument("--fidelity", type=int, default=12, help="plans whose screening scores are checked against "
                                                                  "retraining (0 = skip) [default: 12]")

@@ -245,7 +245,7 @@ class CropFlip:
     def train(self, raw: torch.Tensor, view: torch.Tensor, size: int) -> torch.Tensor:
         return to_unit(augment(raw, view), size)
 
-    def eval(self, raw: torch.Tensor, size: int) -> torch.Tensor:
+    def evaluation(self, raw: torch.Tensor, size: int) -> torch.Tensor:
         return to_unit(raw, size)
 
 
@@ -262,7 +262,7 @@ class ResizedCrop:
             self.boxes[raw.device] = self.boxes[torch.device("cpu")].to(raw.device)
         return resized_crop(raw, self.boxes[raw.device][view // 2], view % 2, size)
 
-    def eval(self, raw: torch.Tensor, size: int) -> torch.Tensor:
+    def evaluation(self, raw: torch.Tensor, size: int) -> torch.Tensor:
         h, w = raw.shape[-2:]
         ch, cw = max(1, round(h * EVAL_CROP)), max(1, round(w * EVAL_CROP))
         top, left = (h - ch) // 2, (w - cw) // 2
@@ -274,9 +274,9 @@ class NoAugment:
     name, count, key = "none", 1, "none"
 
     def train(self, raw: torch.Tensor, view: torch.Tensor, size: int) -> torch.Tensor:
-        return self.eval(raw, size)
+        return self.evaluation(raw, size)
 
-    def eval(self, raw: torch.Tensor, size: int) -> torch.Tensor:
+    def evaluation(self, raw: torch.Tensor, size: int) -> torch.Tensor:
         return to_unit(raw, size)
 
 
@@ -349,7 +349,7 @@ class _Loader:
     def transform(self, raw: torch.Tensor, view: torch.Tensor | None) -> torch.Tensor:
         """uint8 images on the device -> normalised network input: view ``view``, or evaluation's when None."""
         if view is None:
-            x = self.views.eval(raw, self.image_size)
+            x = self.views.evaluation(raw, self.image_size)
         else:
             x = self.views.train(raw, view.to(raw.device), self.image_size)
         return (x - self.mean) / self.std

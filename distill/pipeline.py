@@ -18,7 +18,7 @@ from distill.config import PREVIOUS, read_json_object
 from distill.data import Data, load_data, make_loader
 from distill.teacher_cache import TeacherCache, load_or_build
 from distill.trainer import Distiller, Runtime, evaluate, fit, make_runtime, prepare, summarize
-from pruning.checkpoint import load_pruned, safe_load, model_from_checkpoint, save_pruned
+from pruning.checkpoint import load_checkpoint, load_pruned, model_from_checkpoint, save_pruned
 from pruning.errors import UserError
 from pruning.faults import fault_point
 from pruning.measure import model_stats
@@ -99,8 +99,13 @@ def provenance(cfg, data: Data) -> tuple[dict, torch.Tensor]:
 
 def teacher_provenance(path: str | Path) -> tuple[dict | None, torch.Tensor | None]:
     """The ``trained_on`` recipe and ``train_index`` a teacher checkpoint records (None, None if it does not)."""
-    ckpt = safe_load(path)
-    return ckpt.get("meta", {}).get("trained_on"), ckpt.get("train_index")
+    ckpt = load_checkpoint(path)
+    recipe, index = ckpt.get("meta", {}).get("trained_on"), ckpt.get("train_index")
+    if (recipe is not None and not isinstance(recipe, dict)) or (index is not None and not (
+            isinstance(index, torch.Tensor) and index.dim() == 1 and not index.is_floating_point())):
+        raise UserError(f"--teacher {path}: its record of the images it was trained on (trained_on, train_index) is "
+                        f"damaged; train the teacher again")
+    return recipe, index
 
 
 def check_teacher_data(path: str | Path, cfg, data: Data) -> int:
@@ -149,8 +154,11 @@ def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, e
     # reports the same train_loss/epochs as an uninterrupted one, even when it is killed after its last epoch.
     resume, adapters, history = None, {}, []
     if partial is not None and partial.exists():
-        ckpt = safe_load(partial)
+        ckpt = load_checkpoint(partial)
         if ckpt.get("meta", {}).get("stage") == stage:
+            if not isinstance(ckpt["meta"].get("epoch"), int) or not isinstance(ckpt.get("optimizer"), dict):
+                raise UserError(f"{partial} is not a mid-step checkpoint of this toolkit (no epoch or optimizer "
+                                f"state); delete it and rerun the same command")
             student = model_from_checkpoint(ckpt, partial)
             resume = {"optimizer": ckpt["optimizer"], "epoch": ckpt["meta"]["epoch"]}
             history = ckpt["meta"].get("history", [])

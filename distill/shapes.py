@@ -3,11 +3,13 @@
 ``--data synthetic`` is separable by almost any width (a nearest-class-mean classifier on raw pixels
 gets it right); here a class is one of 20 shapes in one colour family, drawn at a random position,
 scale, rotation and colour over a random tinted gradient, behind which lie small distractor shapes
-of any kind and colour, plus pixel noise. Class ``c`` is shape ``c % 20`` in colour family ``c // 20``
-of ``ceil(classes / 20)`` families whose hues are spread evenly around the colour wheel (100 classes =
-20 shapes x 5 families of 72 degrees, each family's hues within +-22 degrees of its centre). The
-shapes are rotation- and mirror-invariant classes (a flip is part of the training augmentation), and
-the first ten are the most distinct ones, so small ``--synthetic-classes`` stay learnable.
+of any kind and colour, plus pixel noise. Class ``c`` is colour family ``c % F`` and shape ``c // F``,
+with ``F = max(5, ceil(classes / 20))`` families (fewer if there are fewer classes) whose hues are
+spread evenly around the colour wheel: 100 classes = 5 families of 72 degrees (each family's hues
+within +-22 degrees of its centre) x 20 shapes; 10 classes = 5 families x 2 shapes. The colour is
+the easy cue, the shape under rotation, scale and clutter the hard one that takes capacity and
+epochs. Shapes are told apart up to rotation and mirroring (a flip is part of the training
+augmentation), and the first ones are the most distinct.
 
 Rendering is vectorised in torch on the CPU: each object is a signed distance function of the pixel
 grid in the shape's own frame, antialiased over one pixel; images are drawn in chunks, all random
@@ -26,6 +28,7 @@ from pruning.errors import UserError
 Sdf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 N_SHAPES = 20
+FAMILIES = 5                # colour families, at least (more when classes > 20 x 5)
 CLUTTER = 4                 # distractors per image, drawn behind the class object
 SCALE = (7.0, 12.0)         # the class object's radius in pixels at 32 px
 CLUTTER_SCALE = (2.5, 5.0)  # the distractors' radius
@@ -110,7 +113,7 @@ def shapes_split(num_classes: int, n: int, seed: int, size: int = 32) -> TensorS
         raise UserError(f"--synthetic-classes {num_classes}: need at least 2 classes")
     gen = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
-    families = math.ceil(num_classes / N_SHAPES)
+    families = min(num_classes, max(FAMILIES, math.ceil(num_classes / N_SHAPES)))
     chunks = [_render(labels[i:i + CHUNK], families, size, gen) for i in range(0, n, CHUNK)]
     return TensorSplit(torch.cat(chunks) if chunks else torch.zeros(0, 3, size, size, dtype=torch.uint8), labels)
 
@@ -124,9 +127,9 @@ def _render(labels: torch.Tensor, families: int, size: int, gen: torch.Generator
         colour = _hsv_to_rgb(_uniform(m, 0, 1, gen), _uniform(m, 0.3, 1, gen), _uniform(m, 0.3, 1, gen))
         images = _draw(images, kinds, colour, _uniform(m, *CLUTTER_SCALE, gen) * scale, gen)
     # The family's hue, jittered within +-30% of the spacing between family centres.
-    hue = ((labels // N_SHAPES).float() + _uniform(m, -0.3, 0.3, gen)) / families
+    hue = ((labels % families).float() + _uniform(m, -0.3, 0.3, gen)) / families
     colour = _hsv_to_rgb(hue.remainder(1), _uniform(m, 0.6, 1, gen), _uniform(m, 0.6, 1, gen))
-    images = _draw(images, labels % N_SHAPES, colour, _uniform(m, *SCALE, gen) * scale, gen, margin=0.6)
+    images = _draw(images, labels // families, colour, _uniform(m, *SCALE, gen) * scale, gen, margin=0.6)
     images += NOISE * torch.randn(images.shape, generator=gen)
     return images.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.data import MEAN, STD, TensorLoader
-from pruning.checkpoint import atomic_save, safe_load
+from pruning.checkpoint import atomic_save, safe_load, tensor_bytes
 from pruning.errors import UserError
 
 # Bump when the meaning of a view, the recorded-view choice or the file layout changes.
@@ -78,15 +78,11 @@ def cache_key(teacher: nn.Module, loader: TensorLoader, k: int, precision: str) 
              f"mean={MEAN.flatten().tolist()} std={STD.flatten().tolist()} precision={precision}".encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(_bytes(tensor))
+        h.update(tensor_bytes(tensor))
     for tensor in (loader.images, loader.labels):
         h.update(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        h.update(_bytes(tensor))
+        h.update(tensor_bytes(tensor))
     return h.hexdigest()
-
-
-def _bytes(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy()).cast("B")
 
 
 def cache_path(directory: str | Path, key: str) -> Path:

@@ -87,7 +87,7 @@ def test_search_defaults_and_presets():
     cfg = make_config(SearchConfig)
     assert (cfg.out, cfg.val_fraction, cfg.storage, cfg.sampler) == ("runs/search", 0.1, "studies.db", "tpe")
     demo = make_config(SearchConfig, preset="demo", presets=SEARCH_PRESETS)
-    assert demo.data == "synthetic" and demo.study_dir.as_posix() == "runs/search/demo"
+    assert demo.data == "shapes" and demo.study_dir.as_posix() == "runs/search/demo"
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])

@@ -42,8 +42,9 @@ def nearest_class_mean_accuracy(train: TensorSplit, test: TensorSplit, classes: 
 
 
 def test_shapes_are_far_harder_than_synthetic_for_raw_pixel_templates():
-    """Synthetic classes are fixed colour patterns (a template matches them); shapes move, turn, recolour."""
+    """Synthetic classes are fixed colour patterns (a template matches them); shapes move, turn and vary in
+    colour, so a template gets at most their colour family (5 families x 2 shapes here; chance 0.1)."""
     synthetic = nearest_class_mean_accuracy(synthetic_split(10, 400, seed=1), synthetic_split(10, 200, seed=2), 10)
     shapes = nearest_class_mean_accuracy(shapes_split(10, 400, seed=1), shapes_split(10, 200, seed=2), 10)
     assert synthetic > 0.95
-    assert shapes < 0.3  # chance is 0.1
+    assert shapes < 0.5

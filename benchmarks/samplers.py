@@ -1,9 +1,12 @@
 """Which ``--sampler`` finds the best front for the same number of trials? (issue 12, item 3)
 
     python benchmarks/samplers.py --smoke --json /tmp/samplers.json            # seconds (CI): checks the code
-    python benchmarks/samplers.py --threads 1 --clock cpu --n-trials 25 --repeats 3 --json samplers.json
-    python benchmarks/samplers.py --teacher runs/bench/search_vs_baseline/seed0/teacher/check_points/step_000.pt \\
-        --data synthetic --synthetic-classes 40 ...      # the same run flags as that benchmark, its teacher
+    python benchmarks/samplers.py --threads 1 --clock cpu --n-trials 24 --repeats 3 --json samplers.json
+    python benchmarks/samplers.py --threads 1 --clock cpu --data synthetic --synthetic-classes 40 \\
+        --synthetic-train 1600 --val-subset 160 --teacher-lr 1e-3 --lr 3e-4 --teacher-epochs 5 --n-trials 24 \\
+        --bn-calib-batches 5 --trial-subset 800 \\
+        --teacher runs/bench/search_vs_baseline/seed0/teacher/check_points/step_000.pt
+                                  # the README's table: search_vs_baseline.py's data and teacher (35 min)
 
 The study of benchmarks/search_vs_baseline.py (EagleEye screening: one prune to the plan, --bn-calib-batches
 of BatchNorm recalibration, no KD epoch; the baseline's plans at S//4, S//2 and S steps queued first), run
@@ -22,7 +25,8 @@ from pathlib import Path
 import optuna
 
 from benchmarks.common import machine, print_table, set_threads, write_json
-from benchmarks.search_vs_baseline import SAMPLERS, SMOKE, Seed, finish_args, mean_spread, screening_parser
+from benchmarks.search_vs_baseline import (SAMPLERS, SMOKE, Seed, finish_args, mean_spread, screening_parser,
+                                          work_dir)
 from pruning.errors import UserError, run_cli
 from search.report import dense_costs, hypervolume_history, trials_frame
 from search.storage import load_study
@@ -57,17 +61,19 @@ def run(argv: list[str] | None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"work directory: {args.work}")
     s = Seed(args, 0)
-    if args.teacher:
-        s.teacher = Path(args.teacher)
-    else:
-        s.train_teacher()
     studies = []
-    for repeat in range(args.repeats):  # round-robin: a load change on the machine hits every sampler alike
-        for sampler in args.samplers:
-            name = f"{sampler}-{repeat}"
-            s.search(name, name, sampler, n_trials=args.n_trials, trial_epochs=0,
-                     bn_calib_batches=args.bn_calib_batches)
-            studies.append({"sampler": sampler, "repeat": repeat, **study_figures(s.storage, name, s.run.seconds[name])})
+    with work_dir(args):
+        if args.teacher:
+            s.teacher = Path(args.teacher)
+        else:
+            s.train_teacher()
+        for repeat in range(args.repeats):  # round-robin: a load change on the machine hits every sampler alike
+            for sampler in args.samplers:
+                name = f"{sampler}-{repeat}"
+                s.search(name, name, sampler, n_trials=args.n_trials, trial_epochs=0,
+                         bn_calib_batches=args.bn_calib_batches)
+                figures = study_figures(s.storage, name, s.run.seconds[name])
+                studies.append({"sampler": sampler, "repeat": repeat, **figures})
     table = []
     for sampler in args.samplers:
         mine = [r for r in studies if r["sampler"] == sampler]

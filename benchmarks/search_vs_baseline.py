@@ -2,8 +2,9 @@
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
     python benchmarks/search_vs_baseline.py --threads 1 --clock cpu --json svb.json  # --data shapes, 32 px, S = 4
-    python benchmarks/search_vs_baseline.py --steps 4 --ratio 0.2 --epochs-per-step 1 --final-epochs 1 \\
-        --n-trials 40 --seeds 3 --fidelity 12 --data synthetic --synthetic-classes 40 --lr 1e-3
+    python benchmarks/search_vs_baseline.py --threads 1 --clock cpu --data synthetic --synthetic-classes 40 \\
+        --synthetic-train 1600 --teacher-lr 1e-3 --lr 3e-4 --teacher-epochs 5 --n-trials 30 --bn-calib-batches 5 \\
+        --trial-subset 800 --seeds 2 --sampler tpe --json svb.json   # the README's table (70 min, 2 shared cores)
 
 Flags this script does not know are run flags (``distill/config.py: RunConfig``: data, sizes, lr, batch
 size, backend...) given to every command. Per seed, each command in its own directory under ``--work``
@@ -34,12 +35,15 @@ process's CPU time, steadier on a shared machine with ``--threads 1``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
+import shutil
 import statistics
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,6 +63,7 @@ from search import retrain
 from search.config import SearchConfig
 from search.objective import trial_train_subset
 from search.report import ReportConfig, hypervolume_fraction
+from search.space import budget_steps
 from search.storage import load_study, open_storage
 
 # Issue 12: "at or below each budget but not far below it (say within 10 %)": search.report's budget rule.
@@ -106,6 +111,7 @@ def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: 
     if flags and not flags[0].startswith("--"):
         raise UserError(f"unexpected argument {flags[0]!r}: give run flags as --name value (see --help)")
     args.flags = merged(SMOKE_FLAGS if args.smoke else DEFAULT_FLAGS, flags)
+    args.temporary = args.smoke and not args.work  # a smoke run's checkpoints (~1 GB) go once its JSON is written
     args.work = Path(args.work or (tempfile.mkdtemp(prefix=f"{name}_") if args.smoke else f"runs/bench/{name}"))
     if args.steps < 1 or args.n_trials < 1:
         raise UserError("--steps and --n-trials must be >= 1")
@@ -165,15 +171,11 @@ class Runner:
         self.seconds[side] = self.seconds.get(side, 0.0) + self.timer() - start
 
 
-def budget_steps(steps: int) -> list[int]:
-    """The baseline steps whose sizes are the budgets (those ``search.space.baseline_plans`` enqueues)."""
-    return sorted({max(1, steps // 4), max(1, steps // 2), steps})
-
-
 def screened(study: optuna.Study) -> list[dict]:
-    """The COMPLETE trials as rows: number, ``plan`` (its params), params, screening top-1 (``score``) and
-    the trial's timings."""
-    return [{"number": t.number, "plan": tuple(sorted(t.params.items())), "score": t.values[0],
+    """The COMPLETE trials as rows: number, ``plan`` (its ratio params), params, screening top-1 (``score``)
+    and the trial's timings."""
+    return [{"number": t.number, "plan": tuple(sorted((k, v) for k, v in t.params.items() if k.startswith("ratio/"))),
+             "score": t.values[0],
              **{k: t.user_attrs.get(k) for k in ("params", "wall_s", "train_wall_s", "prune_wall_s", "eval_wall_s")}}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
@@ -299,7 +301,7 @@ def run_seed(args, seed: int) -> dict:
     ran = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
     screening = ran * screen_epochs(recorded, n_trial, n_base)
     for b in budgets:  # one model at this budget: the whole screening, then its retraining, vs the baseline's run
-        b["compute_ratio"] = ratio(screening + b["search_epochs"], b["baseline_epochs"]) if b["trial"] is not None else None
+        b["compute_ratio"] = None if b["trial"] is None else ratio(screening + b["search_epochs"], b["baseline_epochs"])
     retrained_epochs = sum(b["search_epochs"] for b in budgets)
     at_budgets = [{"params": b["baseline_params"], "test_top1": b["baseline_test_top1"]} for b in budgets]
     result = {
@@ -322,7 +324,9 @@ def fidelity(s: Seed, trials: list[dict], recorded: dict, n_base: int, n_trial: 
     args = s.args
     plans = sorted(trials, key=lambda t: t["number"])[:args.fidelity]
     epoch_study = f"{s.study_name}-epoch1"
-    enqueue(s.storage, epoch_study, [dict(t["plan"]) for t in plans])
+    # The same widths, with the run's T and alpha (a recalibration screen samples no KD settings).
+    kd = {"temperature": recorded["temperature"], "alpha": recorded["alpha"]}
+    enqueue(s.storage, epoch_study, [{**dict(t["plan"]), **kd} for t in plans])
     s.search("fidelity_epoch1", epoch_study, args.sampler, n_trials=len(plans), trial_epochs=1, bn_calib_batches=0)
     study = load_study(s.storage, epoch_study)
     by_plan = {t["plan"]: t for t in screened(study)}
@@ -355,7 +359,8 @@ def screen_cost(trials: list[dict], seconds_per_trial: float, epochs: float) -> 
     whole trial's mean wall seconds; and epoch-equivalents."""
     return {"seconds_per_trial": round(seconds_per_trial, 3),
             "screen_s": round(statistics.fmean(t["prune_wall_s"] + t["train_wall_s"] for t in trials), 3),
-            "trial_wall_s": round(statistics.fmean(t["wall_s"] for t in trials), 3), "epoch_equivalents": round(epochs, 5)}
+            "trial_wall_s": round(statistics.fmean(t["wall_s"] for t in trials), 3),
+            "epoch_equivalents": round(epochs, 5)}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -411,6 +416,16 @@ def summarize(per_seed: list[dict]) -> dict:
     return {"budgets": budgets, "hypervolume": hv, "epochs": epochs, "wall_s": means("wall_s")}
 
 
+@contextlib.contextmanager
+def work_dir(args) -> Iterator[None]:
+    """The block that runs the commands; a temporary --smoke work directory is removed after it."""
+    try:
+        yield
+    finally:
+        if args.temporary:
+            shutil.rmtree(args.work, ignore_errors=True)
+
+
 PROTOCOL = ("Like for like: one teacher per seed, trained without the search's held-out split, shared by both sides. "
             "At each budget the baseline's model after k steps (k x E KD epochs; at k = S also its F closing epochs) "
             "faces the search's best screened plan within {tol:.0%} below that size, retrained from the same teacher "
@@ -424,7 +439,8 @@ def run(argv: list[str] | None) -> dict:
     set_threads(args.threads, args.smoke)
     print(f"work directory: {args.work}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    per_seed = [run_seed(args, seed) for seed in range(args.seeds)]
+    with work_dir(args):
+        per_seed = [run_seed(args, seed) for seed in range(args.seeds)]
     summary = summarize(per_seed)
     report(summary, per_seed[0].get("fidelity"), args)
     result = {"machine": machine("cpu"), "smoke": args.smoke, "clock": args.clock, "work": str(args.work),

@@ -83,7 +83,8 @@ class Objective:
         self.teacher = prepare(load_teacher(str(teacher_path), self.sess.data.num_classes), self.sess.rt)
         self.dense = channel_plan(self.teacher)
         self.layers = prunable_layers(self.teacher)
-        if not cfg.teachers and (cfg.kd == "logits" or cfg.search_kd):  # trials that may read the cache
+        # Trials that may read the cache (KD epochs, logits, one teacher).
+        if cfg.trial_epochs and not cfg.teachers and (cfg.kd in ("logits", "dkd") or cfg.search_kd):
             # Built once for the study, before any trial (so no trial's wall_s holds it), while the other
             # workers wait: they then load it instead of each building their own.
             with file_lock(lock_path(cfg)):

@@ -28,7 +28,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial, TrialState
 
 from distill.config import RunConfig, build_parser, config_dict, make_config, opt
-from distill.engine import RunStore, matching_steps, plan_schedule, run_schedule
+from distill.engine import RunStore, matching_steps, plan_schedule, run_schedule, uniform_schedule
 from distill.pipeline import check_teacher_data, load_teacher, open_session
 from distill.results import prepare_out_dir, write_csv
 from distill.trainer import prepare
@@ -40,7 +40,8 @@ from search.space import config_changes, layer_ratios
 from search.storage import load_study
 
 # The search's screening choices that a retrain resets to the baseline's (RunConfig's) defaults.
-BASELINE_PROTOCOL = {"val_fraction": RunConfig.val_fraction, "teacher_cache": RunConfig.teacher_cache}
+BASELINE_PROTOCOL = {"val_fraction": RunConfig.val_fraction, "teacher_cache": RunConfig.teacher_cache,
+                     "bn_calib_batches": RunConfig.bn_calib_batches}
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,23 @@ def run(cfg: RetrainConfig) -> list[dict]:
         trial_cfg = dataclasses.replace(cfg, teacher=teacher_path, **config_changes(trial.params))
         target = target_plan(dense, layer_ratios(trial.params, layers, space), cfg.round_to)
         steps = cfg.prune_steps or matching_steps(dense, target, cfg.ratio, cfg.round_to)
-        schedule = plan_schedule(dense, target, steps, cfg.epochs_per_step, cfg.final_epochs, cfg.round_to)
+        schedule = retrain_schedule(dense, target, steps, cfg)
         run_schedule(sess, trial_cfg, teacher, schedule, RunStore(out / f"trial_{trial.number}"),
                      label=f"trial {trial.number}")
         rows = gather(out)
         write_csv(out / "pruning_logs.csv", rows)
     print(f"{len(trials)} plan(s) retrained with the baseline's protocol -> {out / 'pruning_logs.csv'}")
     return rows
+
+
+def retrain_schedule(dense: dict[str, int], target: dict[str, int], steps: int, cfg: RetrainConfig) -> list:
+    """``steps`` prune steps to ``target`` then the closing epochs; the baseline's own k-step plan (enqueued in
+    every study) goes through the baseline's very widths, so that its retrain reproduces the baseline."""
+    uniform = uniform_schedule(dense, {name: cfg.ratio for name in dense}, steps, cfg.epochs_per_step,
+                               cfg.final_epochs, cfg.round_to)
+    if uniform[steps - 1].widths == target:
+        return uniform
+    return plan_schedule(dense, target, steps, cfg.epochs_per_step, cfg.final_epochs, cfg.round_to)
 
 
 def gather(out: Path) -> list[dict]:

@@ -40,6 +40,8 @@ def ratio_params(layers: list[str], space: str) -> list[str]:
 def suggest(trial: optuna.Trial, cfg, layers: list[str]) -> tuple[dict[str, float], dict]:
     """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta, dkd_beta])."""
     values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
+    if not cfg.trial_epochs:  # screens without KD epochs (BN recalibration) cannot score KD settings
+        return layer_ratios(values, layers, cfg.space), {}
     changes = {"temperature": trial.suggest_float("temperature", *TEMPERATURE, log=True),
                "alpha": trial.suggest_float("alpha", 0.0, 1.0)}
     if cfg.search_kd:
@@ -59,6 +61,11 @@ def config_changes(params: dict) -> dict:
     return {k: params[k] for k in ("temperature", "alpha", "kd", "beta", "dkd_beta") if k in params}
 
 
+def budget_steps(steps: int) -> list[int]:
+    """The baseline steps whose models stand for the budgets: about a quarter, half and all of ``steps``."""
+    return sorted({max(1, steps // 4), max(1, steps // 2), steps} - {0})
+
+
 def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:
     """Params of the baseline's plans after k = steps/4, steps/2 and steps of its iterated steps.
 
@@ -70,7 +77,7 @@ def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:
     """
     plans = uniform_plans(dense, {name: cfg.ratio for name in dense}, cfg.steps, cfg.round_to)
     chosen = []
-    for k in sorted({max(1, cfg.steps // 4), max(1, cfg.steps // 2), cfg.steps} - {0}):
+    for k in budget_steps(cfg.steps):
         ratios = exact_ratios(dense, plans[k - 1])
         params = {}
         for layer, ratio in ratios.items():
@@ -80,6 +87,6 @@ def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:
         if 0.0 < max(params.values()) <= cfg.max_ratio:
             params.update({"temperature": cfg.temperature, "alpha": cfg.alpha})
             if cfg.search_kd:
-                params.update({"kd": cfg.kd, "beta": cfg.beta})
+                params.update({"kd": cfg.kd, "beta": cfg.beta, "dkd_beta": cfg.dkd_beta})
             chosen.append(params)
     return chosen

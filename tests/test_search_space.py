@@ -13,7 +13,8 @@ from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import exact_ratios, substep_plans, target_plan, uniform_plans
 from search.config import SEARCH_PRESETS, SearchConfig
-from search.space import baseline_plans, layer_ratios, ratio_params, suggest
+from search.retrain import RetrainConfig, retrain_schedule
+from search.space import baseline_plans, budget_steps, layer_ratios, ratio_params, suggest
 
 DENSE = channel_plan(build_resnet50(2))
 LAYERS = list(DENSE)
@@ -85,7 +86,7 @@ def test_bad_search_flags_are_user_errors(changes, flag):
 
 def test_search_defaults_and_presets():
     cfg = make_config(SearchConfig)
-    assert (cfg.out, cfg.val_fraction, cfg.storage, cfg.sampler) == ("runs/search", 0.1, "studies.db", "tpe")
+    assert (cfg.out, cfg.val_fraction, cfg.storage, cfg.sampler) == ("runs/search", 0.1, "studies.db", "gp")
     demo = make_config(SearchConfig, preset="demo", presets=SEARCH_PRESETS)
     assert demo.data == "shapes" and demo.study_dir.as_posix() == "runs/search/demo"
 
@@ -127,3 +128,22 @@ def test_help_lists_the_commands_flags(module, flags, capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0 and all(flag in out for flag in flags) and "python -m search" in out
+
+
+def test_screens_without_kd_epochs_sample_no_kd_settings():
+    """With --trial-epochs 0 (BN-recalibration screens) T and alpha are never scored: not sampled, so the
+    retrain uses the run's own (the baseline's) instead of unscored draws."""
+    cfg = make_config(SearchConfig, {"trial_epochs": 0, "bn_calib_batches": 2, "search_kd": True})
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    ratios, changes = suggest(trial, cfg, LAYERS)
+    assert changes == {} and set(trial.params) == set(ratio_params(LAYERS, "layer")) and len(ratios) == 32
+
+
+def test_a_retrained_baseline_plan_goes_through_the_baselines_widths():
+    cfg = make_config(RetrainConfig, {"steps": 4, "ratio": 0.2, "epochs_per_step": 1, "final_epochs": 2})
+    uniform = uniform_plans(DENSE, {n: 0.2 for n in LAYERS}, 4)
+    schedule = retrain_schedule(DENSE, uniform[3], 4, cfg)
+    assert [s.widths for s in schedule[:4]] == uniform and schedule[4].phase == "final"
+    other = target_plan(DENSE, {n: 0.5 for n in LAYERS})
+    assert retrain_schedule(DENSE, other, 4, cfg)[3].widths == other
+    assert budget_steps(20) == [5, 10, 20] and budget_steps(1) == [1]

@@ -8,6 +8,7 @@ with one resume rule kept by ``RunStore`` (or none, for screening trials, which 
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ def run_schedule(sess: Session, cfg, teacher: nn.Module, schedule: list[Step], s
             rows.append(row)
         if measured:
             tqdm.write(f"{label + ' ' if label else ''}{summary_line(row)}")
-    if not todo and schedule and store is not None:  # everything was done before: the last step's model
+    if schedule and store is not None and at != schedule[-1].step:  # the last step was done before: its model
         model = load_pruned(store.checkpoint(schedule[-1].step))[0]
     return model, rows
 
@@ -137,7 +138,8 @@ def run_schedule(sess: Session, cfg, teacher: nn.Module, schedule: list[Step], s
 def run_step(sess: Session, cfg, teacher: nn.Module, previous: nn.Module, s: Step, store: RunStore | None,
              stage_prefix: str, tb, measured: bool) -> tuple[nn.Module, dict]:
     """Prune ``previous`` to ``s.widths`` (if any), recalibrate BatchNorm (``--bn-calib-batches``), retrain."""
-    student, prune_s = previous, 0.0
+    # Never train the teacher itself (closing epochs right after step 0, with --steps 0).
+    student, prune_s = (copy.deepcopy(previous) if previous is teacher else previous), 0.0
     if s.widths is not None:
         student, prune_s = prune_step(previous, exact_ratios(channel_plan(previous), s.widths), cfg.backend,
                                       cfg.round_to, cfg.image_size)

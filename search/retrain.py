@@ -8,7 +8,8 @@
 Like for like with ``baselines/iterative.py`` (issue 11): each plan starts from the study's teacher and
 is reached in as many prune steps as the baseline (``--ratio`` per step) takes to reach the plan's size
 (``--prune-steps N`` to choose), with ``--epochs-per-step`` KD epochs on the *whole* training set after
-each, then ``--final-epochs``; accuracy is measured on the test set, as the baseline measures it. The
+each, then ``--final-epochs`` (the baseline's model after step k < ``--steps`` had no closing epochs:
+compare with it at ``--final-epochs 0``); accuracy is measured on the test set, as the baseline does. The
 study's recorded config gives every other flag (data, image size, lr, batch size, ``--train-subset``),
 but the search's own screening choices do not carry over: no held-out split (``--val-fraction 0``) and
 no teacher-logit cache (``--teacher-cache 0``), the baseline's defaults. The trial's temperature, alpha
@@ -123,8 +124,8 @@ def retrain_schedule(dense: dict[str, int], target: dict[str, int], steps: int, 
 
 def gather(out: Path) -> list[dict]:
     """The finished rows of every plan retrained in ``out`` (this command's and earlier ones'), with ``trial``."""
-    runs = sorted(out.glob("trial_*"), key=lambda d: int(d.name.split("_")[1]))
-    return [{"trial": int(d.name.split("_")[1]), **row} for d in runs for row in RunStore(d).rows()]
+    runs = sorted((int(d.name[len("trial_"):]), d) for d in out.glob("trial_*") if d.name[len("trial_"):].isdigit())
+    return [{"trial": number, **row} for number, d in runs for row in RunStore(d).rows()]
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:

@@ -63,7 +63,7 @@ def config_changes(params: dict) -> dict:
 
 def budget_steps(steps: int) -> list[int]:
     """The baseline steps whose models stand for the budgets: about a quarter, half and all of ``steps``."""
-    return sorted({max(1, steps // 4), max(1, steps // 2), steps} - {0})
+    return sorted({max(1, steps // 4), max(1, steps // 2), steps}) if steps else []
 
 
 def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:

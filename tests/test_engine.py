@@ -10,7 +10,7 @@ import torch
 import distill.pipeline
 from conftest import TINY
 from distill.config import RunConfig, make_config
-from distill.engine import RunStore, Step, matching_steps, plan_schedule, uniform_schedule
+from distill.engine import RunStore, Step, matching_steps, plan_schedule, run_schedule, uniform_schedule
 from distill.pipeline import check_teacher_data, open_session, provenance
 from distill.results import write_csv
 from distill.trainer import recalibrate_bn
@@ -122,3 +122,13 @@ def test_bn_recalibration_sets_the_statistics_to_the_training_batches_mean(tiny_
     torch.testing.assert_close(model.bn1.running_mean, outputs.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert not model.training and model.bn1.momentum == 0.1  # restored for training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # no weight moved
+
+
+def test_closing_epochs_right_after_the_teacher_never_train_the_teacher_itself(tiny_cfg):
+    """--steps 0 --final-epochs N: the one step's student starts as the teacher; it must be a copy."""
+    sess = open_session(tiny_cfg)
+    teacher = build_resnet50(4)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    model, rows = run_schedule(sess, tiny_cfg, teacher, [Step(1, "final", None, 1)], None)
+    assert model is not teacher and rows[0]["epochs"] == 1
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())

@@ -146,4 +146,4 @@ def test_a_retrained_baseline_plan_goes_through_the_baselines_widths():
     assert [s.widths for s in schedule[:4]] == uniform and schedule[4].phase == "final"
     other = target_plan(DENSE, {n: 0.5 for n in LAYERS})
     assert retrain_schedule(DENSE, other, 4, cfg)[3].widths == other
-    assert budget_steps(20) == [5, 10, 20] and budget_steps(1) == [1]
+    assert budget_steps(20) == [5, 10, 20] and budget_steps(1) == [1] and budget_steps(0) == []

@@ -114,9 +114,9 @@ def load_data(spec: str, data_dir: str = "datasets", download: bool = True, seed
     gen = torch.Generator().manual_seed(seed)
     torch.randperm(len(train), generator=gen)  # the draw split_indices made: keeps the test subset as before
     test_idx = torch.randperm(len(test), generator=gen)[:val_subset] if val_subset else torch.arange(len(test))
-    test = _subset(test, test_idx)
-    val = _subset(train, val_idx) if len(val_idx) else test
-    return Data(_subset(train, train_idx), val, test, classes, spec, train_idx, val_idx)
+    test = test.subset(test_idx)
+    val = train.subset(val_idx) if len(val_idx) else test
+    return Data(train.subset(train_idx), val, test, classes, spec, train_idx, val_idx)
 
 
 def resolve_augment(augment: str, side: int) -> str:
@@ -151,10 +151,6 @@ def split_indices(n: int, seed: int, val_fraction: float, train_subset: int = 0,
     if val_subset:
         val_idx = val_idx[:val_subset]
     return train_idx, val_idx
-
-
-def _subset(split, idx: torch.Tensor):
-    return split.subset(idx)
 
 
 def _cifar100(root: str, download: bool) -> tuple[TensorSplit, TensorSplit]:

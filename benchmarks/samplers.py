@@ -3,10 +3,10 @@
     python benchmarks/samplers.py --smoke --json /tmp/samplers.json            # seconds (CI): checks the code
     python benchmarks/samplers.py --threads 1 --clock cpu --n-trials 24 --repeats 3 --json samplers.json
     python benchmarks/samplers.py --threads 1 --clock cpu --data synthetic --synthetic-classes 40 \\
-        --synthetic-train 1600 --val-subset 160 --teacher-lr 1e-3 --lr 3e-4 --teacher-epochs 5 --n-trials 24 \\
-        --bn-calib-batches 5 --trial-subset 800 \\
-        --teacher runs/bench/search_vs_baseline/seed0/teacher/check_points/step_000.pt
-                                  # the README's table: search_vs_baseline.py's data and teacher (35 min)
+        --synthetic-train 1600 --screen-subset 160 --teacher-lr 1e-3 --lr 3e-4 --steps 4 --ratio 0.2 \\
+        --teacher-epochs 5 --n-trials 24 --bn-calib-batches 5 --trial-subset 800 --repeats 3 --no-mean-ratio \\
+        --teacher runs/bench/svb_syn40/seed0/teacher/check_points/step_000.pt
+                                  # the README's table: an earlier search_vs_baseline.py run's data and teacher
 
 The study of benchmarks/search_vs_baseline.py (EagleEye screening: one prune to the plan, --bn-calib-batches
 of BatchNorm recalibration, no KD epoch; the baseline's plans at S//4, S//2 and S steps queued first), run
@@ -91,6 +91,7 @@ def run(argv: list[str] | None) -> dict:
     result = {"machine": machine("cpu"), "smoke": args.smoke, "clock": args.clock, "work": str(args.work),
               "flags": args.flags, "teacher": str(s.teacher), "n_trials": args.n_trials, "repeats": args.repeats,
               "bn_calib_batches": args.bn_calib_batches, "steps": args.steps, "ratio": args.ratio,
+              "trial_subset": args.trial_subset, "screen_subset": args.screen_subset, "mean_ratio": args.mean_ratio,
               "best": best, "samplers": table, "studies": studies, "commands": s.run.commands}
     write_json(args.json, result)
     return result

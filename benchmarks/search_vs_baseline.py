@@ -1,10 +1,10 @@
 """For the same compute, does the search give a better model than the fixed schedule? (issue 12)
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
-    python benchmarks/search_vs_baseline.py --threads 1 --clock cpu --json svb.json  # --data shapes, 32 px, S = 4
-    python benchmarks/search_vs_baseline.py --threads 1 --clock cpu --data synthetic --synthetic-classes 40 \\
-        --synthetic-train 1600 --teacher-lr 1e-3 --lr 3e-4 --teacher-epochs 5 --n-trials 30 --bn-calib-batches 5 \\
-        --trial-subset 800 --seeds 2 --sampler tpe --json svb.json   # the README's table (70 min, 2 shared cores)
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --json svb.json   # the README's table (26 min,
+        # 2 cores): --data shapes (10 classes, 3,000 images, 32 px), S = 4 steps of 0.3, 3 seeds, --mean-ratio
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --ratio 0.25 --fidelity 0 --work runs/bench/svb25 \\
+        --json svb25.json
 
 Flags this script does not know are run flags (``distill/config.py: RunConfig``: data, sizes, lr, batch
 size, backend...) given to every command. Per seed, each command in its own directory under ``--work``
@@ -26,11 +26,14 @@ size, backend...) given to every command. Per seed, each command in its own dire
    training set); the Spearman rank correlation of each screening score with the retrained test top-1,
    and each screen's cost, tell which fidelity to trust.
 
-Compute is counted in epochs of the baseline's training set: E epochs on n images count n / N each;
-a BatchNorm-recalibration pass over n images counts n / N as well (a forward pass costs about a third
-of a training step, so this overstates screening). Evaluation is left out (both sides evaluate every
-model) and the teacher is shared, counted on neither side. ``wall_s`` uses ``--clock`` (cpu: this
-process's CPU time, steadier on a shared machine with ``--threads 1``).
+Compute is counted in epochs of the baseline's training set, in forward passes of one image: a KD training
+image costs ``TRAIN_PASSES`` = 4 (the student's forward and backward, the teacher's forward), a BatchNorm-
+recalibration or evaluation image 1 (a full-width forward: this overstates screening a little). A screen's
+evaluation (its held-out split and the test set, within ``--screen-subset``) is search-only work and counts;
+the evaluation of the models both sides train does not, and the teacher is shared, counted on neither side.
+``wall_s`` uses ``--clock`` (cpu: this process's CPU time, steadier on a shared machine with ``--threads 1``).
+``--mean-ratio`` runs the search with ``python -m search --mean-ratio``: independent per-layer ratios give
+almost only mid-size plans, so few land near the budgets at S//4 and S (README, "The search").
 """
 from __future__ import annotations
 
@@ -63,16 +66,17 @@ from search import retrain
 from search.config import SearchConfig
 from search.objective import trial_train_subset
 from search.report import ReportConfig, hypervolume_fraction
-from search.space import budget_steps
+from search.space import budget_steps, config_changes
 from search.storage import load_study, open_storage
 
 # Issue 12: "at or below each budget but not far below it (say within 10 %)": search.report's budget rule.
 TOLERANCE = ReportConfig.budget_tolerance
 VAL_FRACTION = SearchConfig.val_fraction   # the search's held-out split; the teacher is trained without it
-# Run flags of every command unless given: the generated data set on which widths matter (issue 12, item 4),
+# Run flags of every command unless given: the generated data set (issue 12, item 4; README: what it shows),
 # from scratch (no download), Torch-Pruning (same channels as NNI, ~10x faster).
-DEFAULT_FLAGS = ["--data", "shapes", "--image-size", "32", "--weights", "none", "--batch-size", "64",
-                 "--backend", "torch-pruning", "--no-progress"]
+DEFAULT_FLAGS = ["--data", "shapes", "--synthetic-train", "3000", "--image-size", "32", "--weights", "none",
+                 "--teacher-lr", "1e-3", "--lr", "3e-4", "--batch-size", "64", "--backend", "torch-pruning",
+                 "--no-progress"]
 # --smoke: tests/conftest.py's TINY run (4 synthetic classes, 64 images).
 SMOKE_FLAGS = ["--data", "synthetic", "--synthetic-classes", "4", "--synthetic-train", "64", "--image-size", "32",
                "--weights", "none", "--batch-size", "32", "--backend", "torch-pruning", "--device", "cpu",
@@ -80,6 +84,10 @@ SMOKE_FLAGS = ["--data", "synthetic", "--synthetic-classes", "4", "--synthetic-t
 SMOKE = {"steps": 2, "ratio": 0.2, "epochs_per_step": 1, "final_epochs": 1, "teacher_epochs": 1, "n_trials": 4,
          "bn_calib_batches": 1, "fidelity": 3, "fidelity_epochs": 1, "seeds": 1}
 SAMPLERS = next(f for f in dataclasses.fields(SearchConfig) if f.name == "sampler").metadata["choices"]
+# Compute is counted in forward passes of one image: a KD training image costs the student's forward and
+# backward (a backward costs about two forwards: Kaplan et al. 2020, "Scaling laws", sec. 2.1) and the
+# teacher's forward; a recalibration or evaluation image, one forward.
+TRAIN_PASSES = 4
 BUDGET_KEYS = ("budget_params", "baseline_params", "baseline_test_top1", "search_params", "search_test_top1",
                "delta_top1")
 
@@ -91,16 +99,27 @@ def screening_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--work", default="", help="directory of every run (default: runs/bench/<benchmark>; a "
                                                    "temporary one with --smoke); rerunning resumes")
     parser.add_argument("--steps", type=int, default=4, help="the baseline's prune steps S [default: 4]")
-    parser.add_argument("--ratio", type=float, default=0.2, help="the baseline's ratio per step [default: 0.2]")
+    parser.add_argument("--ratio", type=float, default=0.3, help="the baseline's ratio per step [default: 0.3]")
     parser.add_argument("--epochs-per-step", type=int, default=1, help="KD epochs E after each step [default: 1]")
     parser.add_argument("--final-epochs", type=int, default=1, help="the baseline's closing epochs F [default: 1]")
-    parser.add_argument("--teacher-epochs", type=int, default=4, help="epochs of the shared teacher [default: 4]")
-    parser.add_argument("--n-trials", type=int, default=40, help="screened plans per search [default: 40]")
-    parser.add_argument("--bn-calib-batches", type=int, default=10,
-                        help="BatchNorm-recalibration batches of a screen [default: 10]")
+    parser.add_argument("--teacher-epochs", type=int, default=8, help="epochs of the shared teacher [default: 8]")
+    parser.add_argument("--n-trials", type=int, default=30, help="screened plans per search [default: 30]")
+    parser.add_argument("--bn-calib-batches", type=int, default=5,
+                        help="BatchNorm-recalibration batches of a screen [default: 5]")
     parser.add_argument("--trial-subset", type=int, default=0, help="training images of a screen (0 = all of the "
                                                                      "search's split) [default: 0]")
+    parser.add_argument("--screen-subset", type=int, default=300,
+                        help="held-out and test images a screen evaluates (the search's --val-subset; 0 = the "
+                             "run flags' --val-subset, all by default) [default: 300]")
+    parser.add_argument("--mean-ratio", action=argparse.BooleanOptionalAction, default=True,
+                        help="the search samples the plan's mean ratio as one param (python -m search --mean-ratio), "
+                             "so its plans reach every budget [default: on]")
     return parser
+
+
+def screen_subset(args) -> dict:
+    """The search's ``val_subset`` flag when ``--screen-subset`` sets one (the other commands keep the run's)."""
+    return {"val_subset": args.screen_subset} if args.screen_subset else {}
 
 
 def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict, name: str):
@@ -120,7 +139,7 @@ def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: 
 
 def parse_args(argv: list[str] | None):
     parser = screening_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=1, help="repeat with --seed 0..N-1: mean and spread [default: 1]")
+    parser.add_argument("--seeds", type=int, default=3, help="repeat with --seed 0..N-1: mean and spread [default: 3]")
     parser.add_argument("--sampler", default=SearchConfig.sampler, choices=SAMPLERS,
                         help=f"the search's sampler [default: {SearchConfig.sampler}]")
     parser.add_argument("--fidelity", type=int, default=12, help="plans whose screening scores are checked against "
@@ -172,12 +191,19 @@ class Runner:
 
 
 def screened(study: optuna.Study) -> list[dict]:
-    """The COMPLETE trials as rows: number, ``plan`` (its ratio params), params, screening top-1 (``score``)
-    and the trial's timings."""
-    return [{"number": t.number, "plan": tuple(sorted((k, v) for k, v in t.params.items() if k.startswith("ratio/"))),
+    """The COMPLETE trials as rows: number, ``plan`` (``plan_key``), params, screening top-1 (``score``) and the
+    trial's timings."""
+    return [{"number": t.number, "plan": plan_key(t.params),
              "score": t.values[0],
              **{k: t.user_attrs.get(k) for k in ("params", "wall_s", "train_wall_s", "prune_wall_s", "eval_wall_s")}}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def plan_key(params: dict) -> tuple:
+    """A trial's plan as a key: its params but the KD settings (``ratio/...``, or ``mean_ratio`` and
+    ``share/...`` with ``--mean-ratio``), sorted."""
+    kd = config_changes(params)
+    return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
 
 def pick(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> dict | None:
@@ -187,28 +213,41 @@ def pick(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> dict 
     return max(fits, key=lambda t: (t["score"], -t["params"], -t["number"]), default=None)
 
 
+def widths_of(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k.startswith("ch/")}
+
+
 def finished_row(rows: list[dict]) -> dict:
     """A run's last model: its largest step (the closing epochs' row when there are any)."""
     return max(rows, key=lambda r: int(r["step"]))
 
 
-def screen_epochs(recorded: dict, n_trial: int, n_base: int) -> float:
-    """Epoch-equivalents (of the baseline's n_base training images) of one screen of a study: per prune
-    sub-step, its KD epochs over n_trial images plus its BatchNorm-recalibration images."""
-    bn_images = min(recorded["bn_calib_batches"] * recorded["batch_size"], n_trial)
-    return recorded["prune_steps"] * (recorded["trial_epochs"] * n_trial + bn_images) / n_base
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Images of the baseline's training set, of a screen's training split and of what a screen evaluates (the
+    held-out split and the test set, each within --val-subset): the JSON's keys of the same names."""
+    train_images: int
+    screen_images: int
+    screen_eval_images: int
 
 
-def split_sizes(recorded: dict) -> tuple[int, int]:
-    """Training images of the baseline (the whole training set) and of a screen (the search's split)."""
-    n_source = len(load_data(recorded["data"], recorded["data_dir"], recorded["download"], 0, 0.0, 0, 0,
-                             recorded["image_size"], recorded["synthetic_classes"], recorded["synthetic_train"],
-                             augment=recorded["augment"], max_memory_gb=recorded["max_memory_gb"],
-                             progress=False).train)
-    n_base = len(split_indices(n_source, recorded["seed"], 0.0, recorded["train_subset"])[0])
-    n_trial = len(split_indices(n_source, recorded["seed"], recorded["val_fraction"],
-                                trial_train_subset(SimpleNamespace(**recorded)))[0])
-    return n_base, n_trial
+def screen_epochs(recorded: dict, sizes: Sizes) -> float:
+    """Epoch-equivalents of one screen of a study, in forward passes (``TRAIN_PASSES`` per training image):
+    per prune sub-step its KD epochs and its BatchNorm-recalibration images, then its evaluation."""
+    bn_images = min(recorded["bn_calib_batches"] * recorded["batch_size"], sizes.screen_images)
+    passes = recorded["prune_steps"] * (recorded["trial_epochs"] * sizes.screen_images * TRAIN_PASSES + bn_images)
+    return (passes + sizes.screen_eval_images) / (sizes.train_images * TRAIN_PASSES)
+
+
+def split_sizes(recorded: dict) -> Sizes:
+    """The image counts of ``Sizes`` for the study's recorded config."""
+    r = SimpleNamespace(**recorded)
+    whole = load_data(r.data, r.data_dir, r.download, 0, 0.0, 0, 0, r.image_size, r.synthetic_classes,
+                      r.synthetic_train, augment=r.augment, max_memory_gb=r.max_memory_gb, progress=False)
+    n_source, n_test = len(whole.train), len(whole.test)
+    trial, val = split_indices(n_source, r.seed, r.val_fraction, trial_train_subset(r), r.val_subset)
+    return Sizes(train_images=len(split_indices(n_source, r.seed, 0.0, r.train_subset)[0]),
+                 screen_images=len(trial), screen_eval_images=len(val) + min(n_test, r.val_subset or n_test))
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
@@ -255,13 +294,16 @@ class Seed:
         self.run(side, search_cli.main, "python -m search", merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
             prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler,
-            trial_subset=self.args.trial_subset, **fidelity)))
+            trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)),
+            ["--mean-ratio"] if self.args.mean_ratio else []))
 
     def retrain(self, side: str, out: Path, trials: list[int], **protocol) -> list[dict]:
-        """``python -m search.retrain`` of the study's ``trials`` with ``protocol``; its rows (with ``trial``)."""
-        self.run(side, retrain.main, "python -m search.retrain", [*argv_of(
-            study_name=self.study_name, storage=self.storage, out=out, teacher=self.teacher, trials=trials,
-            bn_calib_batches=0, **protocol), "--no-progress"])
+        """``python -m search.retrain`` of the study's ``trials`` with ``protocol`` and the run flags the baseline
+        had (not the screens' --val-subset); its rows (with ``trial``)."""
+        self.run(side, retrain.main, "python -m search.retrain", merged(self.args.flags, argv_of(
+            seed=self.seed, study_name=self.study_name, storage=self.storage, out=out, teacher=self.teacher,
+            trials=trials,
+            bn_calib_batches=0, **protocol)))
         return read_csv(out / self.study_name / "retrain" / "pruning_logs.csv")
 
 
@@ -275,7 +317,7 @@ def run_seed(args, seed: int) -> dict:
              bn_calib_batches=args.bn_calib_batches)
     study = load_study(s.storage, s.study_name)
     recorded = study.user_attrs["config"]
-    n_base, n_trial = split_sizes(recorded)
+    sizes = split_sizes(recorded)
     trials = screened(study)
     rows = read_csv(s.root / "baseline" / "pruning_logs.csv")
     dense, baseline = rows[0]["params"], rows[1:]
@@ -286,7 +328,7 @@ def run_seed(args, seed: int) -> dict:
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
                "baseline_test_top1": base["test_top1"], "baseline_epochs": k * args.epochs_per_step + final,
                "trial": None, "search_params": None, "search_screen_top1": None, "search_test_top1": None,
-               "search_epochs": 0, "delta_top1": None}
+               "search_epochs": 0, "delta_top1": None, "same_widths": None}
         chosen = pick(trials, base["params"])
         if chosen is not None:
             retrained = s.retrain("search_retrain", s.root / "retrain" / f"k{k}_trial{chosen['number']}",
@@ -296,30 +338,32 @@ def run_seed(args, seed: int) -> dict:
             picks.append(done)
             row.update(trial=chosen["number"], search_params=done["params"], search_screen_top1=chosen["score"],
                        search_test_top1=done["test_top1"], search_epochs=sum(r["epochs"] for r in retrained),
-                       delta_top1=round(done["test_top1"] - base["test_top1"], 4))
+                       delta_top1=round(done["test_top1"] - base["test_top1"], 4),
+                       # the baseline's own (enqueued) plan: its delta is the protocol's run-to-run noise
+                       same_widths=widths_of(done) == widths_of(base))
         budgets.append(row)
     ran = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
-    screening = ran * screen_epochs(recorded, n_trial, n_base)
+    screening = ran * screen_epochs(recorded, sizes)
     for b in budgets:  # one model at this budget: the whole screening, then its retraining, vs the baseline's run
         b["compute_ratio"] = None if b["trial"] is None else ratio(screening + b["search_epochs"], b["baseline_epochs"])
     retrained_epochs = sum(b["search_epochs"] for b in budgets)
     at_budgets = [{"params": b["baseline_params"], "test_top1": b["baseline_test_top1"]} for b in budgets]
     result = {
-        "seed": seed, "budgets": budgets, "trials": ran, "train_images": n_base, "screen_images": n_trial,
+        "seed": seed, "budgets": budgets, "trials": ran, **dataclasses.asdict(sizes),
         "hypervolume": {"baseline": hypervolume(at_budgets, dense), "search": hypervolume(picks, dense),
                         "baseline_every_step": hypervolume(baseline, dense),
                         "reference": {"test_top1": 0.0, "params": dense}},
         "epochs": {"baseline": sum(r["epochs"] for r in baseline), "search": round(screening + retrained_epochs, 4),
                    "search_screening": round(screening, 4), "search_retrain": retrained_epochs}}
     if args.fidelity and seed == 0:
-        result["fidelity"] = fidelity(s, trials, recorded, n_base, n_trial)
+        result["fidelity"] = fidelity(s, trials, recorded, sizes)
     seconds = s.run.seconds
     seconds["search"] = seconds["search_screening"] + seconds.get("search_retrain", 0.0)
     result.update(wall_s={k: round(v, 2) for k, v in seconds.items()}, commands=s.run.commands)
     return result
 
 
-def fidelity(s: Seed, trials: list[dict], recorded: dict, n_base: int, n_trial: int) -> dict:
+def fidelity(s: Seed, trials: list[dict], recorded: dict, sizes: Sizes) -> dict:
     """Screening scores vs test top-1 after retraining (issue 12, item 2), over the study's first plans."""
     args = s.args
     plans = sorted(trials, key=lambda t: t["number"])[:args.fidelity]
@@ -338,9 +382,9 @@ def fidelity(s: Seed, trials: list[dict], recorded: dict, n_base: int, n_trial: 
             for t in plans]
     target, size = [r["retrained_test_top1"] for r in rows], [r["params"] for r in rows]
     costs = {"bn_recal": screen_cost(plans, s.run.seconds["search_screening"] / len(trials),
-                                     screen_epochs(recorded, n_trial, n_base)),
+                                     screen_epochs(recorded, sizes)),
              "epoch1": screen_cost(list(by_plan.values()), s.run.seconds["fidelity_epoch1"] / len(by_plan),
-                                   screen_epochs(study.user_attrs["config"], n_trial, n_base))}
+                                   screen_epochs(study.user_attrs["config"], sizes))}
     for name, key in (("bn_recal", "bn_recal_top1"), ("epoch1", "epoch1_top1")):
         scores = [r[key] for r in rows]
         costs[name].update(spearman=spearman(scores, target), spearman_given_params=partial_spearman(scores, target,
@@ -348,7 +392,8 @@ def fidelity(s: Seed, trials: list[dict], recorded: dict, n_base: int, n_trial: 
     return {"plans": len(rows), "retrain": f"one prune + {args.fidelity_epochs} KD epoch(s) on the whole training "
             f"set (python -m search.retrain --prune-steps 1), test top-1", "spearman_params": spearman(size, target),
             **costs, "bn_recal_vs_epoch1": {key: ratio(costs["bn_recal"][key], costs["epoch1"][key])
-                                            for key in ("screen_s", "seconds_per_trial", "epoch_equivalents")},
+                                            for key in ("trial_wall_s", "screen_s", "seconds_per_trial",
+                                                        "epoch_equivalents")},
             "rows": rows}
 
 
@@ -401,6 +446,7 @@ def summarize(per_seed: list[dict]) -> dict:
             if key.endswith("top1"):
                 row.update({f"{key}_std": stats["std"], f"{key}_min": stats["min"], f"{key}_max": stats["max"]})
         row["wins"] = sum(r["delta_top1"] is not None and r["delta_top1"] > 0 for r in rows)
+        row["same_widths"] = sum(bool(r["same_widths"]) for r in rows)  # seeds whose pick was the baseline's plan
         row["seeds"] = len(rows)
         budgets.append(row)
 
@@ -430,8 +476,8 @@ PROTOCOL = ("Like for like: one teacher per seed, trained without the search's h
             "At each budget the baseline's model after k steps (k x E KD epochs; at k = S also its F closing epochs) "
             "faces the search's best screened plan within {tol:.0%} below that size, retrained from the same teacher "
             "in k prune steps of E epochs on the same whole training set, plus F closing epochs only at k = S. "
-            "Both: test top-1. Compute in epochs of the baseline's training set; screening counts its "
-            "BatchNorm-recalibration images as training images.")
+            "Both: test top-1. Compute in epochs of the baseline's training set, in forward passes (a KD training "
+            "image 4, a screen's recalibration or evaluation image 1).")
 
 
 def run(argv: list[str] | None) -> dict:
@@ -447,7 +493,9 @@ def run(argv: list[str] | None) -> dict:
               "protocol": PROTOCOL.format(tol=TOLERANCE), "tolerance": TOLERANCE, "seeds": args.seeds,
               "flags": args.flags, "steps": args.steps, "ratio": args.ratio, "epochs_per_step": args.epochs_per_step,
               "final_epochs": args.final_epochs, "n_trials": args.n_trials, "sampler": args.sampler,
-              "bn_calib_batches": args.bn_calib_batches, **summary, "fidelity": per_seed[0].get("fidelity"),
+              "bn_calib_batches": args.bn_calib_batches, "trial_subset": args.trial_subset,
+              "screen_subset": args.screen_subset, "mean_ratio": args.mean_ratio, **summary,
+              "fidelity": per_seed[0].get("fidelity"),
               "per_seed": per_seed}
     write_json(args.json, result)
     return result
@@ -457,7 +505,7 @@ def report(summary: dict, fidelity_result: dict | None, args) -> None:
     print()
     print(PROTOCOL.format(tol=TOLERANCE))
     spread = args.seeds > 1
-    columns = ["step", *BUDGET_KEYS, *(["delta_top1_std", "wins"] if spread else []), "compute_ratio"]
+    columns = ["step", *BUDGET_KEYS, *(["delta_top1_std", "wins"] if spread else []), "same_widths", "compute_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"
                                              f"{args.seeds} seed(s))")
     hv, ep, wall = summary["hypervolume"], summary["epochs"], summary["wall_s"]
@@ -469,12 +517,10 @@ def report(summary: dict, fidelity_result: dict | None, args) -> None:
                                                  and v is not None))
     if fidelity_result:
         f = fidelity_result
-        print_table([{"fidelity": name, **{k: f[name][k] for k in ("spearman", "spearman_given_params",
-                                                                    "seconds_per_trial", "screen_s",
-                                                                    "epoch_equivalents")}}
-                     for name in ("bn_recal", "epoch1")],
-                    ["fidelity", "spearman", "spearman_given_params", "seconds_per_trial", "screen_s",
-                     "epoch_equivalents"],
+        columns = ["spearman", "spearman_given_params", "trial_wall_s", "screen_s", "seconds_per_trial",
+                   "epoch_equivalents"]
+        print_table([{"fidelity": name, **{k: f[name][k] for k in columns}} for name in ("bn_recal", "epoch1")],
+                    ["fidelity", *columns],
                     f"screening fidelity over {f['plans']} plans vs {f['retrain']} (Spearman of params alone: "
                     f"{f['spearman_params']})")
         print(f"BN recalibration / one epoch: {f['bn_recal_vs_epoch1']}")

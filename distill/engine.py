@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill.pipeline import Session, make_row, prune_step, retrain, summary_line
+from distill.pipeline import Session, make_row, prune_step, retrain, stage_checkpoint, summary_line
 from distill.results import read_csv, write_csv
 from distill.trainer import prepare, recalibrate_bn
 from pruning.checkpoint import load_pruned, save_pruned
@@ -50,13 +50,14 @@ def plan_schedule(dense: dict[str, int], target: dict[str, int], steps: int, epo
     return with_final([Step(k, "prune", w, epochs_per_step) for k, w in enumerate(plans, 1)], final_epochs)
 
 
-def matching_steps(dense: dict[str, int], target: dict[str, int], ratio: float, round_to: int = 1) -> int:
-    """How many baseline steps (``ratio`` of every layer per step) reach the size closest to ``target``'s:
+def matching_steps(dense: dict[str, int], target: dict[str, int], ratios: dict[str, float], round_to: int = 1
+                   ) -> int:
+    """How many baseline steps (``ratios`` per layer per step) reach the size closest to ``target``'s:
     a searched plan is retrained over as many prune steps as the baseline takes to shrink that far."""
     goal = plan_params(target)
     widths, previous, k = dense, plan_params(dense), 0
     while True:
-        widths, k = target_plan(widths, {name: ratio for name in widths}, round_to), k + 1
+        widths, k = target_plan(widths, ratios, round_to), k + 1
         size = plan_params(widths)
         if size <= goal or size == previous or k == MAX_MATCHED_STEPS:
             return max(1, k - 1) if previous - goal < goal - size else k
@@ -140,7 +141,10 @@ def run_step(sess: Session, cfg, teacher: nn.Module, previous: nn.Module, s: Ste
     """Prune ``previous`` to ``s.widths`` (if any), recalibrate BatchNorm (``--bn-calib-batches``), retrain."""
     # Never train the teacher itself (closing epochs right after step 0, with --steps 0).
     student, prune_s = (copy.deepcopy(previous) if previous is teacher else previous), 0.0
-    if s.widths is not None:
+    stage = f"{stage_prefix}step_{s.step:03d}"
+    # A step killed mid-training resumes from its partial checkpoint, which holds the pruned student.
+    resuming = store is not None and stage_checkpoint(store.partial, stage) is not None
+    if s.widths is not None and not resuming:
         student, prune_s = prune_step(previous, exact_ratios(channel_plan(previous), s.widths), cfg.backend,
                                       cfg.round_to, cfg.image_size)
         if cfg.bn_calib_batches:  # counted in prune_wall_s: part of what it costs to get a scorable plan
@@ -148,7 +152,6 @@ def run_step(sess: Session, cfg, teacher: nn.Module, previous: nn.Module, s: Ste
             student = recalibrate_bn(prepare(student, sess.rt, cfg.image_size), sess.train_loader,
                                      cfg.bn_calib_batches, sess.rt, epoch_seed=1000 * s.step)
             prune_s += time.perf_counter() - start
-    stage = f"{stage_prefix}step_{s.step:03d}"
     student, metrics = retrain(sess, cfg, student, teacher, s.epochs, cfg.lr, stage,
                                None if store is None else store.partial, epoch_seed=1000 * s.step,
                                on_epoch=None if tb is None else tb.epoch_logger(stage),

@@ -136,6 +136,14 @@ def check_teacher_data(path: str | Path, cfg, data: Data) -> int:
     return overlap
 
 
+def stage_checkpoint(partial: Path | None, stage: str) -> dict | None:
+    """The mid-step checkpoint ``partial`` if it holds ``stage`` (a killed step resumes from it), else None."""
+    if partial is None or not partial.exists():
+        return None
+    ckpt = load_checkpoint(partial)
+    return ckpt if ckpt.get("meta", {}).get("stage") == stage else None
+
+
 def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
             stage: str, partial: Path | None, epoch_seed: int, on_epoch=None,
             previous: nn.Module | None = None) -> tuple[nn.Module, dict]:
@@ -153,16 +161,15 @@ def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, e
     # ``history``: per-epoch metrics of the stage, kept in the partial checkpoint so that a resumed stage
     # reports the same train_loss/epochs as an uninterrupted one, even when it is killed after its last epoch.
     resume, adapters, history = None, {}, []
-    if partial is not None and partial.exists():
-        ckpt = load_checkpoint(partial)
-        if ckpt.get("meta", {}).get("stage") == stage:
-            if not isinstance(ckpt["meta"].get("epoch"), int) or not isinstance(ckpt.get("optimizer"), dict):
-                raise UserError(f"{partial} is not a mid-step checkpoint of this toolkit (no epoch or optimizer "
-                                f"state); delete it and rerun the same command")
-            student = model_from_checkpoint(ckpt, partial)
-            resume = {"optimizer": ckpt["optimizer"], "epoch": ckpt["meta"]["epoch"]}
-            history = ckpt["meta"].get("history", [])
-            adapters = ckpt.get("adapters", {})
+    ckpt = stage_checkpoint(partial, stage)
+    if ckpt is not None:
+        if not isinstance(ckpt["meta"].get("epoch"), int) or not isinstance(ckpt.get("optimizer"), dict):
+            raise UserError(f"{partial} is not a mid-step checkpoint of this toolkit (no epoch or optimizer "
+                            f"state); delete it and rerun the same command")
+        student = model_from_checkpoint(ckpt, partial)
+        resume = {"optimizer": ckpt["optimizer"], "epoch": ckpt["meta"]["epoch"]}
+        history = ckpt["meta"].get("history", [])
+        adapters = ckpt.get("adapters", {})
     student = prepare(student, rt, cfg.image_size)
     teachers, weights = (None, None) if teacher is None else stage_teachers(sess, cfg, teacher, previous)
     alpha = cfg.alpha if teacher is not None else 0.0

@@ -122,7 +122,7 @@ def holds_results(out: Path) -> bool:
                and p.relative_to(out).parts[0] != "tb" for p in out.rglob("*"))
 
 
-def prepare_out_dir(out: str | Path, config: dict, force: bool = False) -> Path:
+def prepare_out_dir(out: str | Path, config: dict, force: bool = False, defaults: dict | None = None) -> Path:
     """Create ``out`` (or reopen it to resume) and record ``config.json``.
 
     Resuming with a config that differs from the recorded one in a result-changing field is refused
@@ -143,7 +143,7 @@ def prepare_out_dir(out: str | Path, config: dict, force: bool = False) -> Path:
             previous = json.loads(record.read_text())["config"]
         except (json.JSONDecodeError, KeyError):
             raise UserError(f"{record} is damaged; delete it (or pass --force) to resume") from None
-        diff = config_diff(previous, config)
+        diff = config_diff(previous, config, defaults)
         if diff:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
             raise UserError(f"{out} holds a run with a different config ({shown}); use another --out, "

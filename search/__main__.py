@@ -5,6 +5,7 @@
     python -m search --study-name r50 --n-trials 100             # the full protocol (224 px), resumable
     python -m search --study-name r50 --n-trials 100 --n-workers 4   # 4 processes, one per GPU
     python -m search --space stage --sampler nsga2 --objective-cost flops --max-flops 1000000000
+    python -m search --trial-epochs 0 --bn-calib-batches 5 --mean-ratio   # EagleEye screens, plans of every size
     optuna-dashboard studies.db                                  # browse the study (journal file)
     python -m search.retrain --study-name r50 --trials front     # retrain the front with the full budget
     python -m search --help                                      # every flag
@@ -28,13 +29,13 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 
-from distill.config import config_diff, config_dict, parse_config
+from distill.config import config_defaults, config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
 from pruning.errors import UserError, run_cli
 from pruning.model import build_resnet50, channel_plan
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import lock_path, prepare_teacher
-from search.space import baseline_plans
+from search.space import baseline_plans, budget_steps
 from search.storage import file_lock, open_storage, redact
 from search.worker import spawn_workers, work
 
@@ -43,7 +44,7 @@ def run(cfg: SearchConfig) -> optuna.Study:
     """Run (or resume) the study ``cfg`` describes until it has ``n_trials`` COMPLETE trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own summary line
     storage = open_storage(cfg.storage)  # first: a wrong --storage fails in seconds, not after the teacher
-    prepare_out_dir(cfg.study_dir, config_dict(cfg), cfg.force)
+    prepare_out_dir(cfg.study_dir, config_dict(cfg), cfg.force, config_defaults(SearchConfig))
     teacher = prepare_teacher(cfg)
     study = prepare_study(cfg, teacher, storage)
     if cfg.n_workers == 1:
@@ -65,7 +66,7 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
                             f"choose another --study-name")
         recorded = study.user_attrs.get("config")
         if recorded is not None and not cfg.force:
-            diff = config_diff(recorded, config_dict(cfg))
+            diff = config_diff(recorded, config_dict(cfg), config_defaults(SearchConfig))
             if diff:
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
                 raise UserError(f"study {cfg.study_name!r} was run with a different config ({shown}); use another "
@@ -75,8 +76,12 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
             study.set_user_attr("config", config_dict(cfg))
             study.set_user_attr("teacher", str(teacher))
             study.set_user_attr("versions", versions())
-        for params in baseline_plans(cfg, channel_plan(build_resnet50(2))):
+        plans = baseline_plans(cfg, channel_plan(build_resnet50(2)))
+        for params in plans:
             study.enqueue_trial(params, skip_if_exists=True)
+        if len(plans) < len(budget_steps(cfg.steps)):
+            print(f"{len(budget_steps(cfg.steps)) - len(plans)} of the baseline's plans are outside this space (beyond "
+                  f"--max-ratio, or --ratios differing within a --space {cfg.space} group): not enqueued", flush=True)
     return study
 
 

@@ -43,6 +43,10 @@ class SearchConfig(RunConfig, StudyFields):
     space: str = opt("layer", "one pruning ratio per prunable layer, per stage (layer1..4) or per bottleneck block",
                      ("layer", "stage", "block"))
     max_ratio: float = opt(0.9, "largest ratio the search may pick for a layer (0.9 keeps 10% of its channels)")
+    # Independent per-layer ratios make a plan's size an average of 32 draws: random layer-space plans keep
+    # 47-64 % of the channels (5th-95th percentile), so budgets near either end go unsampled (issue 12).
+    mean_ratio: bool = opt(False, "sample the plan's mean ratio as one param (mean_ratio) and each group's share of "
+                                  "it (share/<group>), so plans of all sizes get sampled")
     search_kd: bool = opt(False, "also search the KD loss (--kd choices), --beta and --dkd-beta (log scale)")
     # --- objectives and budgets ---
     objective_cost: str = opt("params", "second objective, minimised: params, flops (MACs) or latency (ms, batch 1, "

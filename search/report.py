@@ -55,6 +55,7 @@ from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
 from pruning.measure import count_flops, count_params
 from pruning.model import build_resnet50, channel_plan
+from search.front import non_dominated
 from search.storage import load_study, redact
 
 ACCURACY = "val_top1"        # the study's "accuracy" objective: top-1 (%) on the held-out validation split
@@ -136,13 +137,6 @@ def as_int(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return df.astype({c: "Int64" for c in present})
 
 
-def non_dominated(acc: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Mask of the points no other point dominates (accuracy maximised, cost minimised); ties all stay."""
-    at_least = (acc[None, :] >= acc[:, None]) & (cost[None, :] <= cost[:, None])   # [i, j]: j as good as i
-    better = (acc[None, :] > acc[:, None]) | (cost[None, :] < cost[:, None])       # [i, j]: j better somewhere
-    return ~(at_least & better).any(axis=1)
-
-
 def candidates(df: pd.DataFrame) -> pd.DataFrame:
     """COMPLETE trials the front is taken from: the feasible ones (Optuna's rule), or all if none is feasible."""
     complete = df[df["state"] == "COMPLETE"]
@@ -152,7 +146,7 @@ def candidates(df: pd.DataFrame) -> pd.DataFrame:
 def pareto_front(df: pd.DataFrame, cost: str) -> pd.DataFrame:
     """The non-dominated candidates, cheapest first."""
     pool = candidates(df)
-    mask = non_dominated(pool[ACCURACY].to_numpy(float), pool[cost].to_numpy(float))
+    mask = non_dominated(np.stack([-pool[ACCURACY].to_numpy(float), pool[cost].to_numpy(float)], axis=1))
     return pool[mask].sort_values([cost, "number"])
 
 
@@ -168,7 +162,8 @@ def hypervolume_2d(acc: np.ndarray, cost: np.ndarray, ref_acc: float, ref_cost: 
     acc, cost = acc[keep], cost[keep]
     # Only the distinct non-dominated points, summed exactly: then a dominated or repeated point leaves the
     # value bit-for-bit unchanged, and the history over trials never dips by a rounding error.
-    front = np.unique(np.stack([cost, acc], axis=1)[non_dominated(acc, cost)], axis=0)  # sorted by cost
+    on_front = non_dominated(np.stack([-acc, cost], axis=1))
+    front = np.unique(np.stack([cost, acc], axis=1)[on_front], axis=0)  # sorted by cost
     widths = np.diff(np.append(front[:, 0], ref_cost))
     return math.fsum(widths * (np.maximum.accumulate(front[:, 1]) - ref_acc))
 

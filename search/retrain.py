@@ -6,14 +6,16 @@
     python -m search.retrain --study-name r50 --trials 12 --final-epochs 0 --prune-steps 5   # override any flag
 
 Like for like with ``baselines/iterative.py`` (issue 11): each plan starts from the study's teacher and
-is reached in as many prune steps as the baseline (``--ratio`` per step) takes to reach the plan's size
-(``--prune-steps N`` to choose), with ``--epochs-per-step`` KD epochs on the *whole* training set after
-each, then ``--final-epochs`` (the baseline's model after step k < ``--steps`` had no closing epochs:
-compare with it at ``--final-epochs 0``); accuracy is measured on the test set, as the baseline does. The
+is reached in as many prune steps as the baseline (``--ratio``, or a ``--ratios`` file, per step) takes to
+reach the plan's size (``--prune-steps N`` to choose), with ``--epochs-per-step`` KD epochs on the *whole*
+training set after each, then ``--final-epochs`` (the baseline's model after step k < ``--steps`` had no
+closing epochs: compare with it at ``--final-epochs 0``); accuracy is measured on the test set, as the
+baseline does. The
 study's recorded config gives every other flag (data, image size, lr, batch size, ``--train-subset``),
-but the search's own screening choices do not carry over: no held-out split (``--val-fraction 0``) and
-no teacher-logit cache (``--teacher-cache 0``), the baseline's defaults. The trial's temperature, alpha
-and KD loss are kept. Flags given here override all of it.
+but the search's own screening choices do not carry over: no held-out split (``--val-fraction 0``), no
+teacher-logit cache (``--teacher-cache 0``), no BatchNorm recalibration (``--bn-calib-batches 0``) and the
+whole test set (``--val-subset 0``): the baseline's defaults, or its ``--preset``'s. The trial's
+temperature, alpha and KD loss are kept. Flags given here override all of it.
 
 Each plan is a run directory ``<out>/<study_name>/retrain/trial_<N>/`` in the baseline's layout
 (pruning_logs.csv, check_points/step_<k>.pt); ``retrain/pruning_logs.csv`` gathers their rows with a
@@ -28,21 +30,23 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.config import RunConfig, build_parser, config_dict, make_config, opt
+from distill.config import PRESETS, RunConfig, build_parser, config_defaults, config_dict, make_config, opt
 from distill.engine import RunStore, matching_steps, plan_schedule, run_schedule, uniform_schedule
-from distill.pipeline import check_teacher_data, load_teacher, open_session
+from distill.pipeline import check_teacher_data, load_ratios, load_teacher, open_session
 from distill.results import prepare_out_dir, write_csv
 from distill.trainer import prepare
 from pruning.errors import UserError, run_cli
 from pruning.model import channel_plan, prunable_layers
 from pruning.plan import target_plan
-from search.config import SEARCH_PRESETS, StudyFields
+from search.config import SEARCH_PRESETS, SearchConfig, StudyFields
 from search.space import config_changes, layer_ratios
 from search.storage import load_study
 
-# The search's screening choices that a retrain resets to the baseline's (RunConfig's) defaults.
+# The search's screening choices that a retrain resets to the baseline's (RunConfig's) defaults. val_subset
+# too: it also cuts the test set, so a retrain inheriting a screen's --val-subset 300 was scored on 300 test
+# images against the baseline's 750, and the very same widths "won" by +2 points (issue 12).
 BASELINE_PROTOCOL = {"val_fraction": RunConfig.val_fraction, "teacher_cache": RunConfig.teacher_cache,
-                     "bn_calib_batches": RunConfig.bn_calib_batches}
+                     "bn_calib_batches": RunConfig.bn_calib_batches, "val_subset": RunConfig.val_subset}
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,14 @@ def parse(argv: list[str] | None) -> RetrainConfig:
     located = make_config(RetrainConfig, args, preset=preset, presets=presets, config_file=config_file)
     recorded = load_study(located.storage, located.study_name).user_attrs.get("config", {})
     inherited = {k: v for k, v in recorded.items() if k in fields and k not in ("force", "debug", "prune_steps")}
-    return make_config(RetrainConfig, {**inherited, **BASELINE_PROTOCOL, **args, "storage": located.storage,
-                                       "study_name": located.study_name})
+    # The baseline's protocol: its preset's values (--preset quick scores on 1,000 test images) or the defaults.
+    protocol = {k: PRESETS.get(preset or "", {}).get(k, v) for k, v in BASELINE_PROTOCOL.items()}
+    cfg = make_config(RetrainConfig, {**inherited, **protocol, **args, "storage": located.storage,
+                                      "study_name": located.study_name})
+    if recorded.get("val_subset", cfg.val_subset) != cfg.val_subset:
+        print(f"retrain: test top-1 on {cfg.val_subset or 'all'} test images as the baseline, not on the screens' "
+              f"--val-subset {recorded['val_subset']} (give --val-subset N if the baseline had one)", flush=True)
+    return cfg
 
 
 def select_trials(study, asked: tuple[str, ...]) -> list[FrozenTrial]:
@@ -90,8 +100,10 @@ def run(cfg: RetrainConfig) -> list[dict]:
     """Retrain (or resume retraining) the chosen trials; returns the rows of retrain/pruning_logs.csv."""
     study = load_study(cfg.storage, cfg.study_name)
     trials = select_trials(study, cfg.trials)
-    space = study.user_attrs.get("config", {}).get("space", "layer")
-    out = prepare_out_dir(cfg.study_dir / "retrain", config_dict(cfg), cfg.force)
+    recorded = study.user_attrs.get("config", {})
+    space, max_ratio = recorded.get("space", "layer"), recorded.get("max_ratio", SearchConfig.max_ratio)
+    out = prepare_out_dir(cfg.study_dir / "retrain", config_dict(cfg), cfg.force,
+                          config_defaults(RetrainConfig))
     teacher_path = cfg.teacher or study.user_attrs.get("teacher", "")
     if not teacher_path:
         raise UserError(f"study {cfg.study_name!r} records no teacher; pass --teacher PATH")
@@ -99,11 +111,12 @@ def run(cfg: RetrainConfig) -> list[dict]:
     check_teacher_data(teacher_path, cfg, sess.data)  # only matters with a --val-fraction of its own
     teacher = prepare(load_teacher(teacher_path, sess.data.num_classes), sess.rt)
     dense, layers = channel_plan(teacher), prunable_layers(teacher)
+    ratios = load_ratios(cfg.ratios, layers, cfg.ratio)  # the baseline's per-step ratios
     for trial in trials:
         trial_cfg = dataclasses.replace(cfg, teacher=teacher_path, **config_changes(trial.params))
-        target = target_plan(dense, layer_ratios(trial.params, layers, space), cfg.round_to)
-        steps = cfg.prune_steps or matching_steps(dense, target, cfg.ratio, cfg.round_to)
-        schedule = retrain_schedule(dense, target, steps, cfg)
+        target = target_plan(dense, layer_ratios(trial.params, layers, space, max_ratio), cfg.round_to)
+        steps = cfg.prune_steps or matching_steps(dense, target, ratios, cfg.round_to)
+        schedule = retrain_schedule(dense, target, steps, ratios, cfg)
         run_schedule(sess, trial_cfg, teacher, schedule, RunStore(out / f"trial_{trial.number}"),
                      label=f"trial {trial.number}")
         rows = gather(out)
@@ -112,11 +125,12 @@ def run(cfg: RetrainConfig) -> list[dict]:
     return rows
 
 
-def retrain_schedule(dense: dict[str, int], target: dict[str, int], steps: int, cfg: RetrainConfig) -> list:
+def retrain_schedule(dense: dict[str, int], target: dict[str, int], steps: int, ratios: dict[str, float],
+                     cfg: RetrainConfig) -> list:
     """``steps`` prune steps to ``target`` then the closing epochs; the baseline's own k-step plan (enqueued in
-    every study) goes through the baseline's very widths, so that its retrain reproduces the baseline."""
-    uniform = uniform_schedule(dense, {name: cfg.ratio for name in dense}, steps, cfg.epochs_per_step,
-                               cfg.final_epochs, cfg.round_to)
+    every study) goes through the baseline's very widths (its per-step ``ratios``), so that its retrain
+    reproduces the baseline."""
+    uniform = uniform_schedule(dense, ratios, steps, cfg.epochs_per_step, cfg.final_epochs, cfg.round_to)
     if uniform[steps - 1].widths == target:
         return uniform
     return plan_schedule(dense, target, steps, cfg.epochs_per_step, cfg.final_epochs, cfg.round_to)

@@ -3,6 +3,9 @@
 Param names: ``ratio/<layer>`` (``--space layer``, e.g. ``ratio/layer3.2.conv1``), ``ratio/<stage>``
 (``ratio/layer3``) or ``ratio/<block>`` (``ratio/layer3.2``); ``temperature``, ``alpha``; with
 ``--search-kd`` also ``kd``, ``beta`` and ``dkd_beta``. A ratio is the fraction of the *dense* channels a trial removes.
+With ``--mean-ratio`` the ratios come from ``mean_ratio`` (their mean over the layers before the cap) and
+``share/<group>`` (each group's weight in [0, 1]): a layer's ratio is ``mean_ratio x share / mean share``, at
+most ``--max-ratio``; capped layers do not pass their excess on, so the plan's mean can be lower.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import dataclasses
 import optuna
 
 from distill.config import RunConfig
+from distill.pipeline import load_ratios
 from pruning.plan import exact_ratios, uniform_plans
 
 # KD temperatures used in practice span ~1 (hard labels) to ~20 (Hinton et al. 2015 use up to 20).
@@ -21,6 +25,7 @@ BETA = (1.0, 1e4)
 # ablations; mdistiller's configs also 2 and 6). dkd_alpha stays at its configured value (the paper's 1):
 # alpha already sets CE against the whole DKD term, so alpha and dkd_beta span every CE:TCKD:NCKD ratio.
 DKD_BETA = (0.5, 16.0)
+MEAN = "mean_ratio"  # --mean-ratio: the mean of the layers' ratios (before the cap), one param
 KD_CHOICES = next(f for f in dataclasses.fields(RunConfig) if f.name == "kd").metadata["choices"]
 
 
@@ -32,28 +37,39 @@ def group_of(layer: str, space: str) -> str:
     return stage if space == "stage" else f"{stage}.{block}"
 
 
-def ratio_params(layers: list[str], space: str) -> list[str]:
-    """Names of the ratio params of ``space``, in layer order."""
-    return list(dict.fromkeys(f"ratio/{group_of(layer, space)}" for layer in layers))
+def ratio_params(layers: list[str], space: str, prefix: str = "ratio") -> list[str]:
+    """Names of the per-group params of ``space`` (``ratio/<group>``, or ``share/<group>``), in layer order."""
+    return list(dict.fromkeys(f"{prefix}/{group_of(layer, space)}" for layer in layers))
 
 
 def suggest(trial: optuna.Trial, cfg, layers: list[str]) -> tuple[dict[str, float], dict]:
     """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta, dkd_beta])."""
-    values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
+    if cfg.mean_ratio:
+        values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio)}
+        values.update({name: trial.suggest_float(name, 0.0, 1.0) for name in ratio_params(layers, cfg.space, "share")})
+    else:
+        values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
+    ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
     if not cfg.trial_epochs:  # screens without KD epochs (BN recalibration) cannot score KD settings
-        return layer_ratios(values, layers, cfg.space), {}
+        return ratios, {}
     changes = {"temperature": trial.suggest_float("temperature", *TEMPERATURE, log=True),
                "alpha": trial.suggest_float("alpha", 0.0, 1.0)}
     if cfg.search_kd:
         changes["kd"] = trial.suggest_categorical("kd", KD_CHOICES)
         changes["beta"] = trial.suggest_float("beta", *BETA, log=True)
         changes["dkd_beta"] = trial.suggest_float("dkd_beta", *DKD_BETA, log=True)
-    return layer_ratios(values, layers, cfg.space), changes
+    return ratios, changes
 
 
-def layer_ratios(params: dict, layers: list[str], space: str) -> dict[str, float]:
+def layer_ratios(params: dict, layers: list[str], space: str, max_ratio: float) -> dict[str, float]:
     """Per-layer ratios from a trial's params (``trial.params`` works too: other keys are ignored)."""
-    return {layer: params[f"ratio/{group_of(layer, space)}"] for layer in layers}
+    if MEAN not in params:
+        return {layer: params[f"ratio/{group_of(layer, space)}"] for layer in layers}
+    shares = [params[f"share/{group_of(layer, space)}"] for layer in layers]
+    mean_share = sum(shares) / len(shares)
+    if not mean_share:  # every share 0: no layer is preferred
+        return {layer: params[MEAN] for layer in layers}
+    return {layer: min(max_ratio, params[MEAN] * share / mean_share) for layer, share in zip(layers, shares)}
 
 
 def config_changes(params: dict) -> dict:
@@ -70,21 +86,26 @@ def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:
     """Params of the baseline's plans after k = steps/4, steps/2 and steps of its iterated steps.
 
     Each ratio param is the one whose one-shot floor rule gives exactly the widths of ``k`` baseline steps
-    (``pruning.plan.uniform_plans``: floor applied at every step, not ``1 - (1 - r)^k``), with the
-    baseline's temperature and alpha: the front meets the baseline at exactly its widths (issue 11).
-    In ``stage``/``block`` spaces one ratio serves every layer of the group, which works because the
-    layers of a stage have the same dense width (asserted).
+    of ``--ratio`` (or the ``--ratios`` file's per-layer ratios) (``pruning.plan.uniform_plans``: floor
+    applied at every step, not ``1 - (1 - r)^k``), with the baseline's temperature and alpha: the front
+    meets the baseline at exactly its widths (issue 11). In ``stage``/``block`` spaces one ratio serves
+    every layer of the group (the layers of a stage have the same dense width); a plan whose layers of
+    one group differ is outside the space and left out, as is one beyond ``--max-ratio``.
     """
-    plans = uniform_plans(dense, {name: cfg.ratio for name in dense}, cfg.steps, cfg.round_to)
+    plans = uniform_plans(dense, load_ratios(cfg.ratios, list(dense), cfg.ratio), cfg.steps, cfg.round_to)
+    prefix = "share" if cfg.mean_ratio else "ratio"
     chosen = []
     for k in budget_steps(cfg.steps):
         ratios = exact_ratios(dense, plans[k - 1])
-        params = {}
+        groups = {}
         for layer, ratio in ratios.items():
-            name = f"ratio/{group_of(layer, cfg.space)}"
-            assert params.get(name, ratio) == ratio, f"{name}: layers of one group need one ratio"
-            params[name] = ratio
-        if 0.0 < max(params.values()) <= cfg.max_ratio:
+            groups.setdefault(group_of(layer, cfg.space), ratio)
+        if any(groups[group_of(layer, cfg.space)] != ratio for layer, ratio in ratios.items()):
+            continue  # a --ratios file that differs within a stage (block) is outside a stage (block) space
+        params = {f"{prefix}/{group}": ratio for group, ratio in groups.items()}
+        if 0.0 < max(ratios.values()) <= cfg.max_ratio:
+            if cfg.mean_ratio:  # shares equal to the ratios, scaled by their own mean: the ratios themselves
+                params[MEAN] = sum(ratios.values()) / len(ratios)
             params.update({"temperature": cfg.temperature, "alpha": cfg.alpha})
             if cfg.search_kd:
                 params.update({"kd": cfg.kd, "beta": cfg.beta, "dkd_beta": cfg.dkd_beta})

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pruning.errors import UserError, run_cli
 from search.config import SearchConfig
+from search.front import non_dominated
 from search.objective import MAX_CONSECUTIVE_FAILS, Objective, trial_checkpoint
 from search.optuna_private import enqueued_params, trial_id_of
 from search.storage import STALE_REASON, fail_stale_trials, open_storage
@@ -164,10 +165,7 @@ def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirect
         return []
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
     loss = np.array([t.values for t in trials]) * signs  # every objective minimised
-    no_worse = (loss[:, None, :] <= loss[None, :, :]).all(-1)  # [i, j]: i is no worse than j anywhere
-    better = (loss[:, None, :] < loss[None, :, :]).any(-1)
-    dominated = (no_worse & better).any(0)
-    return [t for t, d in zip(trials, dominated) if not d]
+    return [t for t, kept in zip(trials, non_dominated(loss)) if kept]
 
 
 def keep_front_checkpoints(cfg: SearchConfig, study: optuna.Study) -> None:

@@ -10,6 +10,7 @@ import pytest
 from benchmarks import kd_kinds, latency, prune_step, samplers, search_vs_baseline, train_throughput
 from distill.losses import KD_KINDS
 from distill.results import read_csv
+from search.storage import load_study
 
 
 def run_smoke(module, tmp_path, *extra) -> dict:
@@ -102,7 +103,7 @@ def test_kd_kinds_smoke_times_every_kind_against_logits(tmp_path):
 
 def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     work = tmp_path / "work"
-    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work))
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--mean-ratio", "--screen-subset", "5")
     assert result["hypervolume"].keys() >= {"baseline", "search", "reference"}
     assert result["epochs"].keys() >= {"baseline", "search"} and result["wall_s"].keys() >= {"baseline", "search"}
     steps, final = result["steps"], result["final_epochs"]
@@ -122,12 +123,19 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
         retrained = read_csv(next((work / "seed0" / "retrain").glob(f"k{k}_trial{mine['trial']}"))
                              / "seed0" / "retrain" / "pruning_logs.csv")
         assert [r["phase"] for r in retrained] == ["prune"] * k + (["final"] if k == steps else [])
+        channels = [{c: v for c, v in r.items() if c.startswith("ch/")} for r in (retrained[-1], baseline[k])]
+        assert mine["same_widths"] is (channels[0] == channels[1]) and b["same_widths"] == int(mine["same_widths"])
         assert mine["search_epochs"] == mine["baseline_epochs"] == k + (final if k == steps else 0)
     epochs = result["epochs"]
     assert epochs["baseline"] == steps + final
     assert epochs["search_retrain"] == sum(b["baseline_epochs"] for b in seed["budgets"])
-    # screens: one BN-calibration batch of 32 of the search's training split, in epochs of the whole set
-    assert epochs["search_screening"] == pytest.approx(seed["trials"] * 32 / seed["train_images"])
+    # screens: one BN-calibration batch of 32 of the search's training split and 5 held-out + 5 test images,
+    # one forward each, in epochs of the whole set at 4 passes per image
+    assert seed["screen_eval_images"] == 5 + 5
+    screen_passes = seed["trials"] * (32 + 10)
+    assert epochs["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
+    study = load_study(str(work / "studies.db"), "seed0")
+    assert study.user_attrs["config"]["mean_ratio"] and all("mean_ratio" in t.params for t in study.trials)
     assert epochs["search"] == pytest.approx(epochs["search_screening"] + epochs["search_retrain"])
     dense = baseline[0]["params"]  # the reference point: 0 % and the teacher's params
     assert result["hypervolume"]["reference"] == {"test_top1": 0.0, "params": dense}
@@ -137,6 +145,10 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
         assert result["hypervolume"][side] == pytest.approx(seed["hypervolume"][side], abs=1e-4)  # one seed: its own
     fidelity = result["fidelity"]
     assert fidelity["plans"] == len(fidelity["rows"]) == 3
+    widths = {t.number: {k: v for k, v in t.user_attrs.items() if k.startswith("ch/")} for t in study.trials}
+    epoch1 = [{k: v for k, v in t.user_attrs.items() if k.startswith("ch/")}
+              for t in load_study(str(work / "studies.db"), "seed0-epoch1").trials]
+    assert all(widths[r["trial"]] in epoch1 for r in fidelity["rows"])  # both fidelities scored the same plans
     assert fidelity["bn_recal"]["epoch_equivalents"] < fidelity["epoch1"]["epoch_equivalents"]
 
 
@@ -160,10 +172,13 @@ def test_spearman_and_its_partial_form():
 
 
 def test_samplers_smoke_scores_every_sampler(tmp_path):
-    result = run_smoke(samplers, tmp_path, "--work", str(tmp_path / "work"))
+    result = run_smoke(samplers, tmp_path, "--work", str(tmp_path / "work"), "--no-mean-ratio")
     assert [r["sampler"] for r in result["samplers"]] == list(samplers.SAMPLERS)
     assert len(result["studies"]) == len(samplers.SAMPLERS)
     for study in result["studies"]:
         assert study["trials"] == result["n_trials"]
         assert 0 <= study["hypervolume_half"] <= study["hypervolume"] <= 1  # a front only grows
     assert result["best"] == max(result["samplers"], key=lambda r: r["hypervolume"])["sampler"]
+    study = load_study(str(tmp_path / "work" / "studies.db"), result["studies"][0]["study"])
+    assert result["mean_ratio"] is False and not study.user_attrs["config"]["mean_ratio"]
+    assert all(k.startswith("ratio/") for t in study.trials for k in t.params)  # per-layer ratios, no shares

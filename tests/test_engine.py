@@ -7,6 +7,7 @@ import optuna
 import pytest
 import torch
 
+import distill.engine
 import distill.pipeline
 from conftest import TINY
 from distill.config import RunConfig, make_config
@@ -35,7 +36,7 @@ def test_uniform_schedule_is_the_baseline_widths_then_the_closing_step():
 def test_plan_schedule_ends_at_the_plan_and_matching_steps_finds_the_baseline_step():
     ratios = {name: 0.1 for name in DENSE}
     for k, widths in enumerate(uniform_plans(DENSE, ratios, 8), 1):
-        assert matching_steps(DENSE, widths, 0.1) == k
+        assert matching_steps(DENSE, widths, ratios) == k
         schedule = plan_schedule(DENSE, widths, k, epochs_per_step=1)
         assert len(schedule) == k and schedule[-1].widths == widths and schedule[-1].phase == "prune"
 
@@ -132,3 +133,24 @@ def test_closing_epochs_right_after_the_teacher_never_train_the_teacher_itself(t
     model, rows = run_schedule(sess, tiny_cfg, teacher, [Step(1, "final", None, 1)], None)
     assert model is not teacher and rows[0]["epochs"] == 1
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_step_killed_mid_training_resumes_without_pruning_again(tiny_cfg, tmp_path, monkeypatch):
+    """The partial checkpoint holds the pruned student: pruning the previous model again is thrown away."""
+    sess = open_session(tiny_cfg)
+    teacher = build_resnet50(4)
+    schedule = uniform_schedule(channel_plan(teacher), {n: 0.5 for n in channel_plan(teacher)}, 1, 2, 0)
+    store = RunStore(tmp_path)
+    pruned = []
+    monkeypatch.setattr(distill.engine, "prune_step", lambda *a: pruned.append(1) or distill.pipeline.prune_step(*a))
+    store.partial.parent.mkdir(parents=True)
+    student, _ = distill.pipeline.prune_step(teacher, {n: 0.5 for n in channel_plan(teacher)}, "torch-pruning", 1, 32)
+    history = [{"train_loss": 1.0, "wall_s": 0.5, "images": 64}]
+    save_pruned(store.partial, student, {"stage": "step_001", "epoch": 1, "history": history},
+                optimizer=torch.optim.Adam(student.parameters()).state_dict())
+    model, rows = run_schedule(sess, tiny_cfg, teacher, schedule, store)
+    assert pruned == [] and rows[-1]["prune_wall_s"] == 0.0 and rows[-1]["epochs"] == 2
+    assert channel_plan(model) == schedule[0].widths
+    store.partial.unlink(missing_ok=True)
+    run_schedule(sess, tiny_cfg, teacher, schedule, RunStore(tmp_path / "fresh"))
+    assert pruned == [1]  # without a partial checkpoint the step prunes

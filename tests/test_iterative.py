@@ -134,11 +134,12 @@ def test_enqueued_baseline_plans_have_the_widths_and_params_of_a_real_k_step_run
     """Issue 11: the search's baseline plans are the baseline's own k-step models, width for width."""
     rows = run(tiny_cfg, steps=4, teacher_epochs=0, epochs_per_step=0, backend="torch-pruning")
     dense = channel_plan(load_pruned(tmp_path / "run" / "check_points" / "step_000.pt")[0])
-    for space in ("layer", "stage"):
-        plans = baseline_plans(make_config(SearchConfig, {"steps": 4, "ratio": tiny_cfg.ratio, "space": space}), dense)
+    for space, mean_ratio in (("layer", False), ("stage", False), ("layer", True)):
+        cfg = make_config(SearchConfig, {"steps": 4, "ratio": tiny_cfg.ratio, "space": space, "mean_ratio": mean_ratio})
+        plans = baseline_plans(cfg, dense)
         for k, params in zip((1, 2, 4), plans, strict=True):
             model, _ = load_pruned(tmp_path / "run" / "check_points" / f"step_{k:03d}.pt")
-            widths = target_plan(dense, layer_ratios(params, list(dense), space))
+            widths = target_plan(dense, layer_ratios(params, list(dense), space, cfg.max_ratio))
             assert widths == channel_plan(model)
             assert count_params(build_from_plan(tiny_cfg.synthetic_classes, widths)) == rows[k]["params"]
 

@@ -33,7 +33,8 @@ from pruning.model import channel_plan
 from pruning.plan import target_plan
 from search.__main__ import main as search_main
 from search.config import SearchConfig
-from search.report import BUDGETS, RETRAINED, SEED_NAME, hypervolume_2d, main as report_main, non_dominated
+from search.front import non_dominated
+from search.report import BUDGETS, RETRAINED, SEED_NAME, hypervolume_2d, main as report_main
 from search.report import with_test_top1
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -208,9 +209,10 @@ def test_hypervolume_2d(points, expected):
 
 
 def test_non_dominated_keeps_ties_and_drops_dominated():
-    acc, cost = np.array([1.0, 2.0, 2.0, 1.0, 3.0]), np.array([1.0, 2.0, 2.0, 3.0, 2.0])
-    assert non_dominated(acc, cost).tolist() == [True, False, False, False, True]
-    assert non_dominated(acc[:3], cost[:3]).tolist() == [True, True, True]
+    loss = np.array([[-1.0, 1.0], [-2.0, 2.0], [-2.0, 2.0], [-1.0, 3.0], [-3.0, 2.0]])  # -accuracy, cost
+    assert non_dominated(loss).tolist() == [True, False, False, False, True]
+    assert non_dominated(loss[:3]).tolist() == [True, True, True]
+    assert non_dominated(np.array([[1.0, 1.0, 2.0], [1.0, 1.0, 1.0], [0.0, 2.0, 2.0]])).tolist() == [False, True, True]
 
 
 def test_budget_table_compares_retrained_plans_with_the_baseline_on_the_test_set(report, study_db):
@@ -349,7 +351,8 @@ def test_a_flops_study_with_nothing_retrained(study_db, baseline_dir, tmp_path):
     assert not (tmp_path / "test_hypervolume.csv").exists()
     pareto = pd.read_csv(tmp_path / "pareto.csv")
     flops = pareto["flops"].to_numpy(float)
-    assert non_dominated(pareto["val_top1"].to_numpy(float), flops).all() and (np.diff(flops) >= 0).all()
+    assert non_dominated(np.stack([-pareto["val_top1"].to_numpy(float), flops], axis=1)).all()
+    assert (np.diff(flops) >= 0).all()
 
 
 def test_unknown_study_is_a_one_line_error(study_db, capsys):

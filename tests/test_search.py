@@ -94,7 +94,7 @@ def test_study_has_two_named_objectives_and_records_every_trial(searched):
 def test_the_baseline_plan_is_enqueued(searched):
     first = trials_of(searched)[0]
     (one_step,) = uniform_plans(DENSE, {name: 0.1 for name in DENSE}, 1)  # TINY: 1 step of 0.1
-    assert target_plan(DENSE, layer_ratios(first.params, list(DENSE), "layer")) == one_step
+    assert target_plan(DENSE, layer_ratios(first.params, list(DENSE), "layer", 0.9)) == one_step
     assert {k: first.user_attrs[f"ch/{k}"] for k in DENSE} == one_step
     assert (first.params["temperature"], first.params["alpha"]) == (5.0, 0.7)
 
@@ -102,7 +102,7 @@ def test_the_baseline_plan_is_enqueued(searched):
 def test_sampled_per_layer_ratios_reach_the_model(searched):
     sampled = trials_of(searched)[1:]
     for t in sampled:
-        ratios = layer_ratios(t.params, list(DENSE), "layer")
+        ratios = layer_ratios(t.params, list(DENSE), "layer", 0.9)
         assert len(set(ratios.values())) > 1  # per-layer, not uniform
         assert {k: t.user_attrs[f"ch/{k}"] for k in DENSE} == target_plan(DENSE, ratios)
 

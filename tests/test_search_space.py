@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import random
 from pathlib import Path
 
@@ -9,12 +10,15 @@ import optuna
 import pytest
 
 from distill.config import make_config
+from distill.engine import matching_steps
 from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import exact_ratios, substep_plans, target_plan, uniform_plans
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.retrain import RetrainConfig, retrain_schedule
+from search.retrain import parse as retrain_parse
 from search.space import baseline_plans, budget_steps, layer_ratios, ratio_params, suggest
+from search.storage import open_storage
 
 DENSE = channel_plan(build_resnet50(2))
 LAYERS = list(DENSE)
@@ -30,17 +34,41 @@ def test_param_names_per_space(space, count, example):
 
 @pytest.mark.parametrize("space", ["layer", "stage", "block"])
 @pytest.mark.parametrize("search_kd", [False, True])
-def test_suggest_records_named_params_and_maps_them_to_layers(space, search_kd):
-    cfg = make_config(SearchConfig, {"space": space, "search_kd": search_kd, "max_ratio": 0.5})
+@pytest.mark.parametrize("mean_ratio", [False, True])
+def test_suggest_records_named_params_and_maps_them_to_layers(space, search_kd, mean_ratio):
+    cfg = make_config(SearchConfig, {"space": space, "search_kd": search_kd, "max_ratio": 0.5,
+                                     "mean_ratio": mean_ratio})
     trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
     ratios, changes = suggest(trial, cfg, LAYERS)
     assert set(ratios) == set(LAYERS) and all(0.0 <= r <= 0.5 for r in ratios.values())
-    assert ratios == layer_ratios(trial.params, LAYERS, space)
+    assert ratios == layer_ratios(trial.params, LAYERS, space, 0.5)
     assert 1.0 <= changes["temperature"] <= 20.0 and 0.0 <= changes["alpha"] <= 1.0
-    assert set(trial.params) == set(ratio_params(LAYERS, space)) | set(changes)
+    groups = {"mean_ratio", *ratio_params(LAYERS, space, "share")} if mean_ratio else set(ratio_params(LAYERS, space))
+    assert set(trial.params) == groups | set(changes)
     assert ("kd" in changes and "beta" in changes) == search_kd
     if space == "stage":  # every layer of a stage shares its stage's ratio
-        assert ratios["layer3.0.conv1"] == ratios["layer3.5.conv2"] == trial.params["ratio/layer3"]
+        assert ratios["layer3.0.conv1"] == ratios["layer3.5.conv2"]
+        assert mean_ratio or ratios["layer3.0.conv1"] == trial.params["ratio/layer3"]
+
+
+def test_mean_ratio_sets_the_mean_and_samples_plans_of_every_size():
+    """Issue 12: independent per-layer ratios average out to mid-size plans; --mean-ratio makes the mean
+    one param, so the budgets near either end of the range get sampled too."""
+    shares = {name: 0.1 + 0.8 * (i % 5) / 4 for i, name in enumerate(ratio_params(LAYERS, "layer", "share"))}
+    ratios = layer_ratios({"mean_ratio": 0.3, **shares}, LAYERS, "layer", 0.9)
+    assert sum(ratios.values()) / len(ratios) == pytest.approx(0.3)  # nothing clipped at 0.3: the mean exactly
+    assert ratios["layer1.0.conv1"] < ratios["layer1.1.conv1"]  # shares order the layers
+    assert set(layer_ratios({"mean_ratio": 0.6, **{n: 0.0 for n in shares}}, LAYERS, "layer", 0.9).values()) == {0.6}
+    assert max(layer_ratios({"mean_ratio": 0.8, **shares}, LAYERS, "layer", 0.9).values()) == 0.9  # capped
+    sizes = {}
+    for mean_ratio in (False, True):
+        cfg = make_config(SearchConfig, {"mean_ratio": mean_ratio, "trial_epochs": 0, "bn_calib_batches": 1})
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+        kept = [sum(target_plan(DENSE, suggest(study.ask(), cfg, LAYERS)[0]).values()) for _ in range(200)]
+        sizes[mean_ratio] = sorted(kept)[10], sorted(kept)[189]  # 5th and 95th percentiles of kept channels
+    dense = sum(DENSE.values())
+    assert sizes[False][0] > 0.4 * dense and sizes[False][1] < 0.75 * dense  # mid-size plans only
+    assert sizes[True][0] < 0.35 * dense and sizes[True][1] > 0.9 * dense
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5])
@@ -60,14 +88,17 @@ def test_substeps_end_exactly_at_the_target_plan(steps, round_to):
 
 
 @pytest.mark.parametrize("space", ["layer", "stage", "block"])
-def test_baseline_plans_have_the_widths_of_k_iterated_baseline_steps(space):
+@pytest.mark.parametrize("mean_ratio", [False, True])
+def test_baseline_plans_have_the_widths_of_k_iterated_baseline_steps(space, mean_ratio):
     """Issue 11: the floor rule applied k times (64 -> 57 -> 51 ...), not a one-shot 1 - 0.9^k ratio."""
-    cfg = make_config(SearchConfig, {"steps": 20, "ratio": 0.1, "max_ratio": 0.9, "space": space})
+    cfg = make_config(SearchConfig, {"steps": 20, "ratio": 0.1, "max_ratio": 0.9, "space": space,
+                                     "mean_ratio": mean_ratio})
     plans = baseline_plans(cfg, DENSE)
     expected = uniform_plans(DENSE, {n: 0.1 for n in LAYERS}, 20)
-    assert [target_plan(DENSE, layer_ratios(p, LAYERS, space)) for p in plans] == [expected[k - 1] for k in (5, 10, 20)]
-    assert plans[-1]["ratio/layer1.0.conv1" if space == "layer" else "ratio/layer1" if space == "stage"
-                     else "ratio/layer1.0"] != pytest.approx(1 - 0.9 ** 20)  # what the one-shot rule gave
+    assert [target_plan(DENSE, layer_ratios(p, LAYERS, space, 0.9)) for p in plans] == [expected[k - 1]
+                                                                                       for k in (5, 10, 20)]
+    last = layer_ratios(plans[-1], LAYERS, space, 0.9)["layer1.0.conv1"]
+    assert last != pytest.approx(1 - 0.9 ** 20)  # what the one-shot rule gave
     assert all(p["temperature"] == 5.0 and p["alpha"] == 0.7 for p in plans)
     capped = baseline_plans(make_config(SearchConfig, {"steps": 20, "max_ratio": 0.5, "space": space}), DENSE)
     assert len(capped) == 1  # plans beyond --max-ratio are outside the space and left out
@@ -141,9 +172,51 @@ def test_screens_without_kd_epochs_sample_no_kd_settings():
 
 def test_a_retrained_baseline_plan_goes_through_the_baselines_widths():
     cfg = make_config(RetrainConfig, {"steps": 4, "ratio": 0.2, "epochs_per_step": 1, "final_epochs": 2})
-    uniform = uniform_plans(DENSE, {n: 0.2 for n in LAYERS}, 4)
-    schedule = retrain_schedule(DENSE, uniform[3], 4, cfg)
+    ratios = {n: 0.2 for n in LAYERS}
+    uniform = uniform_plans(DENSE, ratios, 4)
+    schedule = retrain_schedule(DENSE, uniform[3], 4, ratios, cfg)
     assert [s.widths for s in schedule[:4]] == uniform and schedule[4].phase == "final"
     other = target_plan(DENSE, {n: 0.5 for n in LAYERS})
-    assert retrain_schedule(DENSE, other, 4, cfg)[3].widths == other
+    assert retrain_schedule(DENSE, other, 4, ratios, cfg)[3].widths == other
     assert budget_steps(20) == [5, 10, 20] and budget_steps(1) == [1] and budget_steps(0) == []
+
+
+def test_a_ratios_file_gives_the_baselines_plans_to_the_search_and_the_retrain(tmp_path):
+    """With --ratios the baseline prunes each layer by its own ratio: the enqueued plans, the steps a
+    retrain matches and the retrain's widths are that baseline's, not --ratio's."""
+    ratios = {n: (0.3 if n.startswith("layer4") else 0.1) for n in LAYERS}
+    path = tmp_path / "ratios.json"
+    path.write_text(json.dumps({n: r for n, r in ratios.items() if r != 0.1}))
+    baseline = uniform_plans(DENSE, ratios, 4)
+    assert matching_steps(DENSE, baseline[2], ratios) == 3
+    assert matching_steps(DENSE, baseline[2], {n: 0.1 for n in LAYERS}) > 3  # --ratio's steps: more of them
+    for space in ("layer", "stage"):  # layer4's layers share one ratio: the stage space holds these plans
+        cfg = make_config(SearchConfig, {"steps": 4, "ratio": 0.1, "ratios": str(path), "space": space})
+        plans = baseline_plans(cfg, DENSE)
+        assert [target_plan(DENSE, layer_ratios(p, LAYERS, space, 0.9)) for p in plans] == [baseline[0], baseline[1],
+                                                                                           baseline[3]]
+    ratios["layer4.0.conv1"] = 0.2  # differs within layer4: outside the stage space
+    path.write_text(json.dumps({n: r for n, r in ratios.items() if r != 0.1}))
+    assert baseline_plans(make_config(SearchConfig, {"steps": 4, "ratios": str(path), "space": "stage"}), DENSE) == []
+    assert len(baseline_plans(make_config(SearchConfig, {"steps": 4, "ratios": str(path)}), DENSE)) == 3
+    cfg = make_config(RetrainConfig, {"steps": 4, "epochs_per_step": 1, "final_epochs": 0})
+    schedule = retrain_schedule(DENSE, uniform_plans(DENSE, ratios, 3)[2], 3, ratios, cfg)
+    assert [s.widths for s in schedule] == uniform_plans(DENSE, ratios, 3)
+
+
+def test_a_retrain_scores_on_the_baselines_test_set_not_on_the_screens_subset(tmp_path):
+    """A screen's --val-subset also cuts the test set; a retrain that inherited it was scored on other images
+    than the baseline and the same widths 'won' by 2 points (issue 12). The baseline's unless given."""
+    storage = str(tmp_path / "studies.db")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage), directions=["maximize", "minimize"])
+    study.set_user_attr("config", {"val_subset": 300, "val_fraction": 0.1, "lr": 3e-4, "trial_subset": 500})
+    cfg = retrain_parse(["--study-name", "s", "--storage", storage])
+    assert (cfg.val_subset, cfg.val_fraction, cfg.lr) == (0, 0.0, 3e-4)  # screening choices reset, the rest kept
+    assert retrain_parse(["--study-name", "s", "--storage", storage, "--val-subset", "200"]).val_subset == 200
+
+
+def test_a_retrain_with_the_quick_preset_scores_on_the_quick_baselines_test_subset(tmp_path):
+    storage = str(tmp_path / "studies.db")
+    study = optuna.create_study(study_name="s", storage=open_storage(storage), directions=["maximize", "minimize"])
+    study.set_user_attr("config", {"val_subset": 300})
+    assert retrain_parse(["--study-name", "s", "--storage", storage, "--preset", "quick"]).val_subset == 1000

@@ -1,0 +1,13 @@
+"""The Pareto front of a set of points: one rule for the checkpoints a study keeps (``search.worker``) and
+the front its report draws (``search.report``)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def non_dominated(loss: np.ndarray) -> np.ndarray:
+    """Mask of the rows of ``loss`` (points x objectives, every objective minimised) that no other row
+    dominates: no worse in every objective and better in one. Equal points all stay."""
+    no_worse = (loss[:, None, :] <= loss[None, :, :]).all(-1)  # [i, j]: i is no worse than j anywhere
+    better = (loss[:, None, :] < loss[None, :, :]).any(-1)
+    return ~(no_worse & better).any(0)

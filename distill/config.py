@@ -96,9 +96,10 @@ class RunConfig:
     debug: bool = opt(False, "show full tracebacks for user errors")
 
 
-# Fields that may change between a run and its resumption without changing its results.
+# Fields that may change between a run and its resumption without changing its results (``out``: a moved
+# run directory resumes).
 RESUME_NEUTRAL = {"device", "amp", "compile", "progress", "debug", "force", "workers", "download", "data_dir",
-                  "max_memory_gb", "n_workers", "n_trials", "storage", "keep_checkpoints", "trials"}
+                  "max_memory_gb", "n_workers", "n_trials", "storage", "keep_checkpoints", "trials", "out"}
 
 # ``--teachers previous``: the model before each step's pruning joins the teachers, a "teacher assistant"
 # one step away from the student (Mirzadeh et al., AAAI 2020: TAKD narrows the teacher-student gap).

@@ -132,9 +132,9 @@ def prepare_out_dir(out: str | Path, config: dict, force: bool = False, defaults
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "check_points").mkdir(exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        # One probe per process: workers starting together on one --out must not delete each other's.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write_test."):
+            pass
     except OSError as exc:
         raise UserError(f"--out {out}: not writable ({exc.strerror}); choose another directory") from None
     record = out / "config.json"

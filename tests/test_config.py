@@ -50,7 +50,7 @@ def test_unknown_preset_and_flag():
 
 
 def test_config_diff_ignores_runtime_only_fields():
-    a, b = dataclasses.asdict(RunConfig()), dataclasses.asdict(RunConfig(device="cpu", lr=1e-3))
+    a, b = dataclasses.asdict(RunConfig()), dataclasses.asdict(RunConfig(device="cpu", lr=1e-3, out="moved/run"))
     assert config_diff(a, b) == {"lr": (1e-4, 1e-3)}
 
 

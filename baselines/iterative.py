@@ -16,7 +16,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from distill.config import RunConfig, config_defaults, config_dict, parse_config
+from distill.config import RunConfig, parse_config
 from distill.engine import RunStore, run_schedule, uniform_schedule
 from distill.pipeline import (Session, load_ratios, load_teacher, make_row, open_session, provenance,
                               summary_line, teacher_provenance, train_teacher)
@@ -32,7 +32,7 @@ def run(cfg: RunConfig) -> list[dict]:
     """Run (or resume) the baseline described by ``cfg``; returns the rows of pruning_logs.csv."""
     # First: a bad --ratios file fails in seconds, with --out untouched, not after hours of teacher training.
     ratios = load_ratios(cfg.ratios, prunable_layers(build_resnet50(2)), cfg.ratio)
-    store = RunStore(prepare_out_dir(cfg.out, config_dict(cfg), cfg.force, config_defaults(RunConfig)))
+    store = RunStore(prepare_out_dir(cfg.out, cfg))
     sess = open_session(cfg)
     tb = TBLogger(store.root / "tb")
     try:

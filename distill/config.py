@@ -297,15 +297,11 @@ def config_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_defaults(cls) -> dict:
-    """Every field's default: what a run recorded before a field existed ran with."""
-    return config_dict(cls())
-
-
-def config_diff(recorded: dict, current: dict, defaults: dict | None = None) -> dict[str, tuple]:
-    """Fields whose values differ and would change results (ignores RESUME_NEUTRAL). A field the record
-    lacks (added since) counts as its default: a run of an older version resumes unless it is changed."""
-    recorded = {**(defaults or {}), **recorded}
+def config_diff(recorded: dict, cfg) -> dict[str, tuple]:
+    """Fields of ``cfg`` whose values differ from the ``recorded`` run's and would change results (ignores
+    RESUME_NEUTRAL). A field the record lacks (added since) counts as its default: a run of an older
+    version resumes unless the field is changed."""
+    recorded, current = {**config_dict(type(cfg)()), **recorded}, config_dict(cfg)
     keys = (set(recorded) | set(current)) - RESUME_NEUTRAL
     return {k: (recorded.get(k), current.get(k)) for k in sorted(keys)
             if _norm(recorded.get(k)) != _norm(current.get(k))}

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from distill.config import config_diff
+from distill.config import config_diff, config_dict
 from pruning.errors import UserError
 from pruning.faults import fault_point
 
@@ -122,11 +122,11 @@ def holds_results(out: Path) -> bool:
                and p.relative_to(out).parts[0] != "tb" for p in out.rglob("*"))
 
 
-def prepare_out_dir(out: str | Path, config: dict, force: bool = False, defaults: dict | None = None) -> Path:
-    """Create ``out`` (or reopen it to resume) and record ``config.json``.
+def prepare_out_dir(out: str | Path, cfg) -> Path:
+    """Create ``out`` (or reopen it to resume) and record ``cfg`` in ``config.json``.
 
     Resuming with a config that differs from the recorded one in a result-changing field is refused
-    (the differing fields are named) unless ``force``.
+    (the differing fields are named) unless ``--force``.
     """
     out = Path(out)
     try:
@@ -138,16 +138,16 @@ def prepare_out_dir(out: str | Path, config: dict, force: bool = False, defaults
     except OSError as exc:
         raise UserError(f"--out {out}: not writable ({exc.strerror}); choose another directory") from None
     record = out / "config.json"
-    if record.exists() and not force and holds_results(out):
+    if record.exists() and not cfg.force and holds_results(out):
         try:
             previous = json.loads(record.read_text())["config"]
         except (json.JSONDecodeError, KeyError):
             raise UserError(f"{record} is damaged; delete it (or pass --force) to resume") from None
-        diff = config_diff(previous, config, defaults)
+        diff = config_diff(previous, cfg)
         if diff:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
             raise UserError(f"{out} holds a run with a different config ({shown}); use another --out, "
                             f"or --force to resume anyway")
-    meta = {"config": config, "versions": versions(), "git_commit": git_commit(), "argv": sys.argv}
+    meta = {"config": config_dict(cfg), "versions": versions(), "git_commit": git_commit(), "argv": sys.argv}
     atomic_write_text(record, json.dumps(meta, indent=2, default=str) + "\n")
     return out

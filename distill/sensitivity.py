@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from distill.config import RunConfig, config_defaults, config_dict, opt, parse_config
+from distill.config import RunConfig, opt, parse_config
 from distill.pipeline import load_teacher, measure, open_session, prune_step
 from distill.plots import write_html
 from distill.results import prepare_out_dir, read_csv, write_csv
@@ -44,7 +44,7 @@ def run(cfg: SensitivityConfig) -> list[dict]:
     if not cfg.teacher:
         raise UserError("--teacher is required: give the checkpoint to probe (e.g. a baseline's "
                         "check_points/step_000.pt or a search's teacher.pt)")
-    out = prepare_out_dir(cfg.out, config_dict(cfg), cfg.force, config_defaults(type(cfg)))
+    out = prepare_out_dir(cfg.out, cfg)
     sess = open_session(cfg, train_subset=1)  # nothing is trained: keep the training split small
     teacher = prepare(load_teacher(cfg.teacher, sess.data.num_classes), sess.rt)
     layers = list(cfg.layers) or prunable_layers(teacher)

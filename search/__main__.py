@@ -29,7 +29,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 
-from distill.config import config_defaults, config_diff, config_dict, parse_config
+from distill.config import config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
 from pruning.errors import UserError, run_cli
 from pruning.model import build_resnet50, channel_plan
@@ -44,7 +44,7 @@ def run(cfg: SearchConfig) -> optuna.Study:
     """Run (or resume) the study ``cfg`` describes until it has ``n_trials`` COMPLETE trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own summary line
     storage = open_storage(cfg.storage)  # first: a wrong --storage fails in seconds, not after the teacher
-    prepare_out_dir(cfg.study_dir, config_dict(cfg), cfg.force, config_defaults(SearchConfig))
+    prepare_out_dir(cfg.study_dir, cfg)
     teacher = prepare_teacher(cfg)
     study = prepare_study(cfg, teacher, storage)
     if cfg.n_workers == 1:
@@ -66,7 +66,7 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
                             f"choose another --study-name")
         recorded = study.user_attrs.get("config")
         if recorded is not None and not cfg.force:
-            diff = config_diff(recorded, config_dict(cfg), config_defaults(SearchConfig))
+            diff = config_diff(recorded, cfg)
             if diff:
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
                 raise UserError(f"study {cfg.study_name!r} was run with a different config ({shown}); use another "

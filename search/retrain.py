@@ -30,7 +30,7 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.config import PRESETS, RunConfig, build_parser, config_defaults, config_dict, make_config, opt
+from distill.config import PRESETS, RunConfig, build_parser, make_config, opt
 from distill.engine import RunStore, matching_steps, plan_schedule, run_schedule, uniform_schedule
 from distill.pipeline import check_teacher_data, load_ratios, load_teacher, open_session
 from distill.results import prepare_out_dir, write_csv
@@ -102,8 +102,7 @@ def run(cfg: RetrainConfig) -> list[dict]:
     trials = select_trials(study, cfg.trials)
     recorded = study.user_attrs.get("config", {})
     space, max_ratio = recorded.get("space", "layer"), recorded.get("max_ratio", SearchConfig.max_ratio)
-    out = prepare_out_dir(cfg.study_dir / "retrain", config_dict(cfg), cfg.force,
-                          config_defaults(RetrainConfig))
+    out = prepare_out_dir(cfg.study_dir / "retrain", cfg)
     teacher_path = cfg.teacher or study.user_attrs.get("teacher", "")
     if not teacher_path:
         raise UserError(f"study {cfg.study_name!r} records no teacher; pass --teacher PATH")

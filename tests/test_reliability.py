@@ -7,6 +7,7 @@ each other make a tiny ResNet50 step about ten times slower.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import importlib.util
 import json
@@ -27,7 +28,7 @@ from PIL import Image
 import distill.trainer
 from baselines import iterative
 from conftest import TINY, tiny_argv, untrained_teacher
-from distill.config import RunConfig, config_dict, make_config
+from distill.config import RunConfig, make_config
 from distill.data import load_data
 from distill.results import prepare_out_dir, read_csv
 from pruning import faults
@@ -225,11 +226,10 @@ def test_a_failed_first_attempt_does_not_block_the_corrected_command(tiny_cfg, t
     with pytest.raises(SystemExit):
         iterative.main(tiny_argv(tiny_cfg, data=f"imagefolder:{tmp_path / 'typo'}"))
     capsys.readouterr()
-    fixed = config_dict(tiny_cfg)
-    prepare_out_dir(out, fixed)  # config.json of the failed attempt, but no results: not "a different run"
+    prepare_out_dir(out, tiny_cfg)  # config.json of the failed attempt, but no results: not "a different run"
     (out / "pruning_logs.csv").write_text("step\n0\n")
     with pytest.raises(UserError, match=r"different config \(lr: 0.0001 -> 0.5\)"):
-        prepare_out_dir(out, {**fixed, "lr": 0.5})  # with results it is
+        prepare_out_dir(out, dataclasses.replace(tiny_cfg, lr=0.5))  # with results it is
 
 
 @pytest.mark.parametrize("main, argv, message", [

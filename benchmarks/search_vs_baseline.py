@@ -1,10 +1,12 @@
 """For the same compute, does the search give a better model than the fixed schedule? (issue 12)
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
-    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --json svb.json   # the README's table (26 min,
-        # 2 cores): --data shapes (10 classes, 3,000 images, 32 px), S = 4 steps of 0.3, 3 seeds, --mean-ratio
-    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --ratio 0.25 --fidelity 0 --work runs/bench/svb25 \\
-        --json svb25.json
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --seeds 4 --json svb.json   # the README's table
+        # (2 cores, ~15 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
+        # S = 4 steps of 0.3 with E = 5 KD epochs each, 21 screens (7 per budget) in the stage space
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --no-fit-budgets --mean-ratio --space layer \
+        --epochs-per-step 1 --n-trials 30 --screen-subset 300 --bn-calib-batches 5 --fidelity 12 --json svb1.json
+        # one study for all budgets, plan sizes sampled, and the screening-fidelity check (2026-12-01 tables)
 
 Flags this script does not know are run flags (``distill/config.py: RunConfig``: data, sizes, lr, batch
 size, backend...) given to every command. Per seed, each command in its own directory under ``--work``
@@ -13,27 +15,30 @@ size, backend...) given to every command. Per seed, each command in its own dire
 1. teacher: ``baselines/iterative.py --val-fraction 0.1 --steps 0 --final-epochs 0``: shared by both
    sides and trained without the search's held-out validation split;
 2. baseline: ``baselines/iterative.py --teacher T``: ``--steps`` S x (prune ``--ratio`` of every layer +
-   ``--epochs-per-step`` E KD epochs), then ``--final-epochs`` F, on the whole training set;
-3. search: ``python -m search --teacher T``: ``--n-trials`` plans screened EagleEye-style (one prune to
-   the plan, ``--bn-calib-batches`` M batches of BatchNorm recalibration, no KD epoch) on the held-out split;
-4. at each budget (the baseline's params after S//4, S//2 and S steps: where the search enqueues the
-   baseline's own plans), the plan with the best screening top-1 among those with params in
+   ``--epochs-per-step`` E KD epochs), then ``--final-epochs`` F, on the whole training set; its params after
+   S//4, S//2 and S steps are the budgets;
+3. search: ``python -m search --teacher T``: plans screened EagleEye-style (one prune to the plan,
+   ``--bn-calib-batches`` M batches of BatchNorm recalibration, no KD epoch) on the held-out split. With
+   ``--fit-budgets`` (default) one study per budget (``--target-params``: each plan is the largest of at most
+   the budget's params in the direction of its sampled per-group shares), ``--n-trials`` split between them,
+   the baseline's own plan of that size screened first; else one study of ``--n-trials`` for all budgets,
+   with ``--mean-ratio`` sampling each plan's size;
+4. at each budget the plan with the best screening top-1 among those with params in
    [(1 - TOLERANCE) x budget, budget] is retrained by ``python -m search.retrain`` exactly as the baseline
    trained its model of that size: from the teacher, k prune steps of E epochs on the whole training
    set, and the F closing epochs only at k = S (the baseline's step-k model had none); both test top-1;
-5. ``--fidelity N`` (first seed): the study's first N plans are also screened with one KD epoch (a
-   second study of the same plans) and retrained (one prune + ``--fidelity-epochs`` epochs on the whole
-   training set); the Spearman rank correlation of each screening score with the retrained test top-1,
-   and each screen's cost, tell which fidelity to trust.
+5. ``--fidelity N`` (first seed, with ``--no-fit-budgets``): the study's first N plans are also screened with
+   one KD epoch (a second study of the same plans) and retrained (one prune + ``--fidelity-epochs`` epochs on
+   the whole training set); the Spearman rank correlation of each screening score with the retrained test
+   top-1, and each screen's cost, tell which fidelity to trust.
 
 Compute is counted in epochs of the baseline's training set, in forward passes of one image: a KD training
 image costs ``TRAIN_PASSES`` = 4 (the student's forward and backward, the teacher's forward), a BatchNorm-
 recalibration or evaluation image 1 (a full-width forward: this overstates screening a little). A screen's
 evaluation (its held-out split and the test set, within ``--screen-subset``) is search-only work and counts;
 the evaluation of the models both sides train does not, and the teacher is shared, counted on neither side.
-``wall_s`` uses ``--clock`` (cpu: this process's CPU time, steadier on a shared machine with ``--threads 1``).
-``--mean-ratio`` runs the search with ``python -m search --mean-ratio``: independent per-layer ratios give
-almost only mid-size plans, so few land near the budgets at S//4 and S (README, "The search").
+The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock`` (cpu: this
+process's CPU time, steadier on a shared machine with ``--threads 1``).
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ from optuna.trial import TrialState
 import search.__main__ as search_cli
 from baselines import iterative
 from benchmarks.common import CLOCKS, base_parser, machine, print_table, set_threads, write_json
+from distill.config import config_dict
 from distill.data import load_data, split_indices
 from distill.results import read_csv
 from pruning.errors import UserError, run_cli
@@ -74,7 +80,8 @@ TOLERANCE = ReportConfig.budget_tolerance
 VAL_FRACTION = SearchConfig.val_fraction   # the search's held-out split; the teacher is trained without it
 # Run flags of every command unless given: the generated data set (issue 12, item 4; README: what it shows),
 # from scratch (no download), Torch-Pruning (same channels as NNI, ~10x faster).
-DEFAULT_FLAGS = ["--data", "shapes", "--synthetic-train", "3000", "--image-size", "32", "--weights", "none",
+DEFAULT_FLAGS = ["--data", "shapes", "--synthetic-train", "3000", "--synthetic-test", "3000", "--image-size", "32",
+                 "--weights", "none",
                  "--teacher-lr", "1e-3", "--lr", "3e-4", "--batch-size", "64", "--backend", "torch-pruning",
                  "--no-progress"]
 # --smoke: tests/conftest.py's TINY run (4 synthetic classes, 64 images).
@@ -82,8 +89,9 @@ SMOKE_FLAGS = ["--data", "synthetic", "--synthetic-classes", "4", "--synthetic-t
                "--weights", "none", "--batch-size", "32", "--backend", "torch-pruning", "--device", "cpu",
                "--no-progress"]
 SMOKE = {"steps": 2, "ratio": 0.2, "epochs_per_step": 1, "final_epochs": 1, "teacher_epochs": 1, "n_trials": 4,
-         "bn_calib_batches": 1, "fidelity": 3, "fidelity_epochs": 1, "seeds": 1}
-SAMPLERS = next(f for f in dataclasses.fields(SearchConfig) if f.name == "sampler").metadata["choices"]
+         "bn_calib_batches": 1, "fidelity_epochs": 1, "seeds": 1}
+SAMPLERS, SPACES = (next(f for f in dataclasses.fields(SearchConfig) if f.name == name).metadata["choices"]
+                    for name in ("sampler", "space"))
 # Compute is counted in forward passes of one image: a KD training image costs the student's forward and
 # backward (a backward costs about two forwards: Kaplan et al. 2020, "Scaling laws", sec. 2.1) and the
 # teacher's forward; a recalibration or evaluation image, one forward.
@@ -98,22 +106,25 @@ def screening_parser(doc: str) -> argparse.ArgumentParser:
     parser.allow_abbrev = False  # unknown flags are run flags: --seed must not be taken for --seeds
     parser.add_argument("--work", default="", help="directory of every run (default: runs/bench/<benchmark>; a "
                                                    "temporary one with --smoke); rerunning resumes")
-    parser.add_argument("--steps", type=int, default=4, help="the baseline's prune steps S [default: 4]")
-    parser.add_argument("--ratio", type=float, default=0.3, help="the baseline's ratio per step [default: 0.3]")
-    parser.add_argument("--epochs-per-step", type=int, default=1, help="KD epochs E after each step [default: 1]")
-    parser.add_argument("--final-epochs", type=int, default=1, help="the baseline's closing epochs F [default: 1]")
-    parser.add_argument("--teacher-epochs", type=int, default=8, help="epochs of the shared teacher [default: 8]")
-    parser.add_argument("--n-trials", type=int, default=30, help="screened plans per search [default: 30]")
+    for flag, kind, default, what in (("--steps", int, 4, "the baseline's prune steps S"),
+                                      ("--ratio", float, 0.3, "the baseline's ratio per step"),
+                                      ("--epochs-per-step", int, 1, "KD epochs E after each step"),
+                                      ("--final-epochs", int, 1, "the baseline's closing epochs F"),
+                                      ("--teacher-epochs", int, 8, "epochs of the shared teacher"),
+                                      ("--n-trials", int, 30, "screened plans per search")):
+        parser.add_argument(flag, type=kind, default=default, help=f"{what} [default: %(default)s]")
     parser.add_argument("--bn-calib-batches", type=int, default=5,
-                        help="BatchNorm-recalibration batches of a screen [default: 5]")
+                        help="BatchNorm-recalibration batches of a screen [default: %(default)s]")
     parser.add_argument("--trial-subset", type=int, default=0, help="training images of a screen (0 = all of the "
-                                                                     "search's split) [default: 0]")
+                                                                     "search's split) [default: %(default)s]")
     parser.add_argument("--screen-subset", type=int, default=300,
                         help="held-out and test images a screen evaluates (the search's --val-subset; 0 = the "
-                             "run flags' --val-subset, all by default) [default: 300]")
+                             "run flags' --val-subset, all by default) [default: %(default)s]")
     parser.add_argument("--mean-ratio", action=argparse.BooleanOptionalAction, default=True,
                         help="the search samples the plan's mean ratio as one param (python -m search --mean-ratio), "
                              "so its plans reach every budget [default: on]")
+    parser.add_argument("--space", default=SearchConfig.space, choices=SPACES,
+                        help="the search's --space [default: %(default)s]")
     return parser
 
 
@@ -139,11 +150,21 @@ def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: 
 
 def parse_args(argv: list[str] | None):
     parser = screening_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=3, help="repeat with --seed 0..N-1: mean and spread [default: 3]")
+    parser.add_argument("--seeds", type=int, default=4, help="repeat with --seed 0..N-1: mean and spread [default: 4]")
     parser.add_argument("--sampler", default=SearchConfig.sampler, choices=SAMPLERS,
                         help=f"the search's sampler [default: {SearchConfig.sampler}]")
-    parser.add_argument("--fidelity", type=int, default=12, help="plans whose screening scores are checked against "
-                                                                 "retraining (0 = skip) [default: 12]")
+    parser.add_argument("--fit-budgets", action=argparse.BooleanOptionalAction, default=True,
+                        help="one screening study per budget, --n-trials split between them, each plan fitted to "
+                             "the budget (python -m search --target-params); off: one study whose plans' sizes are "
+                             "sampled (--mean-ratio) [default: on]")
+    parser.add_argument("--fidelity", type=int, default=0, help="plans whose screening scores are checked against "
+                                                                "retraining, with --no-fit-budgets (0 = skip) "
+                                                                "[default: 0]")
+    # Issue 12's compute target is 1.25x the baseline's at every budget, the whole screening charged to each:
+    # 21 screens of 4 x 64 recalibration + 2 x 200 evaluation images are 1.15 epochs of 3,000 images, a quarter
+    # of the first budget's E = 5. Seven screens per budget: four shares (the stage space) are what a GP or
+    # random search can place in seven draws.
+    parser.set_defaults(space="stage", epochs_per_step=5, n_trials=21, bn_calib_batches=4, screen_subset=200)
     parser.add_argument("--fidelity-epochs", type=int, default=1,
                         help="KD epochs of the fidelity check's retraining, after one prune [default: 1]")
     args = finish_args(parser, argv, SMOKE, "search_vs_baseline")
@@ -151,6 +172,11 @@ def parse_args(argv: list[str] | None):
         raise UserError(f"--seeds {args.seeds}: must be >= 1")
     if not 0 <= args.fidelity <= args.n_trials or args.fidelity in (1, 2):
         raise UserError(f"--fidelity {args.fidelity}: give 0 (skip) or 3..--n-trials plans")
+    if args.fidelity and args.fit_budgets:
+        raise UserError("--fidelity ranks plans of many sizes in one study: give --no-fit-budgets with it")
+    if args.fit_budgets and args.n_trials < len(budget_steps(args.steps)):
+        raise UserError(f"--n-trials {args.n_trials}: --fit-budgets needs at least one screen per budget "
+                        f"({len(budget_steps(args.steps))})")
     return args
 
 
@@ -209,8 +235,13 @@ def plan_key(params: dict) -> tuple:
 def pick(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> dict | None:
     """The best screening score among plans with params in [(1 - tolerance) x budget, budget] (ties: the
     smaller, then the earlier plan); None when no plan is that close below the budget."""
-    fits = [t for t in trials if (1 - tolerance) * budget <= t["params"] <= budget]
-    return max(fits, key=lambda t: (t["score"], -t["params"], -t["number"]), default=None)
+    return max(in_window(trials, budget, tolerance), key=lambda t: (t["score"], -t["params"], -t["number"]),
+               default=None)
+
+
+def in_window(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> list[dict]:
+    """The screened plans that may stand for the budget: params in [(1 - tolerance) x budget, budget]."""
+    return [t for t in trials if (1 - tolerance) * budget <= t["params"] <= budget]
 
 
 def widths_of(row: dict) -> dict:
@@ -241,9 +272,10 @@ def screen_epochs(recorded: dict, sizes: Sizes) -> float:
 
 def split_sizes(recorded: dict) -> Sizes:
     """The image counts of ``Sizes`` for the study's recorded config."""
-    r = SimpleNamespace(**recorded)
+    r = SimpleNamespace(**{**config_dict(SearchConfig()), **recorded})  # fields added since: their defaults
     whole = load_data(r.data, r.data_dir, r.download, 0, 0.0, 0, 0, r.image_size, r.synthetic_classes,
-                      r.synthetic_train, augment=r.augment, max_memory_gb=r.max_memory_gb, progress=False)
+                      r.synthetic_train, synthetic_test=r.synthetic_test, augment=r.augment,
+                      max_memory_gb=r.max_memory_gb, progress=False)
     n_source, n_test = len(whole.train), len(whole.test)
     trial, val = split_indices(n_source, r.seed, r.val_fraction, trial_train_subset(r), r.val_subset)
     return Sizes(train_images=len(split_indices(n_source, r.seed, 0.0, r.train_subset)[0]),
@@ -287,24 +319,24 @@ class Seed:
         self.run("teacher", iterative.main, "baselines/iterative.py", merged(self.args.flags, self.schedule, argv_of(
             val_fraction=VAL_FRACTION, steps=0, final_epochs=0, out=self.root / "teacher")))
 
-    def search(self, side: str, study_name: str, sampler: str, **fidelity) -> None:
+    def search(self, side: str, study_name: str, sampler: str, budget: int = 0, **fidelity) -> None:
         """``python -m search`` from the shared teacher: one-shot prune to each plan, then the fidelity; no
         teacher cache (its 16 views cost 16 teacher passes per image, more than these screens spend) and no
-        trial checkpoints (a retrain starts from the teacher)."""
+        trial checkpoints (a retrain starts from the teacher). ``budget``: every plan fitted to that many params
+        (``--target-params``); else sizes sampled (``--mean-ratio``) or per-group ratios."""
+        sizing = argv_of(target_params=budget) if budget else ["--mean-ratio"] if self.args.mean_ratio else []
         self.run(side, search_cli.main, "python -m search", merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
-            prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler,
-            trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)),
-            ["--mean-ratio"] if self.args.mean_ratio else []))
+            prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler, space=self.args.space,
+            trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)), sizing))
 
-    def retrain(self, side: str, out: Path, trials: list[int], **protocol) -> list[dict]:
-        """``python -m search.retrain`` of the study's ``trials`` with ``protocol`` and the run flags the baseline
-        had (not the screens' --val-subset); its rows (with ``trial``)."""
+    def retrain(self, side: str, study_name: str, out: Path, trials: list[int], **protocol) -> list[dict]:
+        """``python -m search.retrain`` of ``trials`` of study ``study_name`` with ``protocol`` and the run flags
+        the baseline had (not the screens' --val-subset); its rows (with ``trial``)."""
         self.run(side, retrain.main, "python -m search.retrain", merged(self.args.flags, argv_of(
-            seed=self.seed, study_name=self.study_name, storage=self.storage, out=out, teacher=self.teacher,
-            trials=trials,
-            bn_calib_batches=0, **protocol)))
-        return read_csv(out / self.study_name / "retrain" / "pruning_logs.csv")
+            seed=self.seed, study_name=study_name, storage=self.storage, out=out, teacher=self.teacher,
+            trials=trials, bn_calib_batches=0, **protocol)))
+        return read_csv(out / study_name / "retrain" / "pruning_logs.csv")
 
 
 def run_seed(args, seed: int) -> dict:
@@ -313,25 +345,26 @@ def run_seed(args, seed: int) -> dict:
     s.train_teacher()
     s.run("baseline", iterative.main, "baselines/iterative.py",
           merged(args.flags, s.schedule, argv_of(teacher=s.teacher, out=s.root / "baseline")))
-    s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials, trial_epochs=0,
-             bn_calib_batches=args.bn_calib_batches)
-    study = load_study(s.storage, s.study_name)
-    recorded = study.user_attrs["config"]
-    sizes = split_sizes(recorded)
-    trials = screened(study)
     rows = read_csv(s.root / "baseline" / "pruning_logs.csv")
     dense, baseline = rows[0]["params"], rows[1:]
-    budgets, picks = [], []
-    for k in budget_steps(args.steps):
+    steps = budget_steps(args.steps)
+    models = {k: baseline_model(baseline, k, args) for k in steps}
+    studies = screen(s, {k: models[k]["params"] for k in steps})
+    recorded = load_study(s.storage, studies[steps[0]]).user_attrs["config"]
+    sizes = split_sizes(recorded)
+    budgets, picks, screening = [], [], 0.0
+    for k in steps:
         final = args.final_epochs if k == args.steps else 0  # the baseline's step-k model had no closing epochs
-        base = next(r for r in baseline if int(r["step"]) == (k + 1 if final else k))
+        base, study = models[k], load_study(s.storage, studies[k])
+        trials = screened(study)
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
                "baseline_test_top1": base["test_top1"], "baseline_epochs": k * args.epochs_per_step + final,
-               "trial": None, "search_params": None, "search_screen_top1": None, "search_test_top1": None,
+               "study": studies[k], "candidates": len(in_window(trials, base["params"])), "trial": None,
+               "search_params": None, "search_screen_top1": None, "search_test_top1": None,
                "search_epochs": 0, "delta_top1": None, "same_widths": None}
         chosen = pick(trials, base["params"])
         if chosen is not None:
-            retrained = s.retrain("search_retrain", s.root / "retrain" / f"k{k}_trial{chosen['number']}",
+            retrained = s.retrain("search_retrain", studies[k], s.root / "retrain" / f"k{k}_trial{chosen['number']}",
                                   [chosen["number"]], prune_steps=k, epochs_per_step=args.epochs_per_step,
                                   final_epochs=final)
             done = finished_row(retrained)
@@ -342,7 +375,8 @@ def run_seed(args, seed: int) -> dict:
                        # the baseline's own (enqueued) plan: its delta is the protocol's run-to-run noise
                        same_widths=widths_of(done) == widths_of(base))
         budgets.append(row)
-    ran = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    ran = sum(len(load_study(s.storage, name).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+              for name in set(studies.values()))
     screening = ran * screen_epochs(recorded, sizes)
     for b in budgets:  # one model at this budget: the whole screening, then its retraining, vs the baseline's run
         b["compute_ratio"] = None if b["trial"] is None else ratio(screening + b["search_epochs"], b["baseline_epochs"])
@@ -356,11 +390,33 @@ def run_seed(args, seed: int) -> dict:
         "epochs": {"baseline": sum(r["epochs"] for r in baseline), "search": round(screening + retrained_epochs, 4),
                    "search_screening": round(screening, 4), "search_retrain": retrained_epochs}}
     if args.fidelity and seed == 0:
-        result["fidelity"] = fidelity(s, trials, recorded, sizes)
+        result["fidelity"] = fidelity(s, screened(load_study(s.storage, s.study_name)), recorded, sizes)
     seconds = s.run.seconds
     seconds["search"] = seconds["search_screening"] + seconds.get("search_retrain", 0.0)
     result.update(wall_s={k: round(v, 2) for k, v in seconds.items()}, commands=s.run.commands)
     return result
+
+
+def baseline_model(baseline: list[dict], k: int, args) -> dict:
+    """The baseline's row of its model after k steps (the closing epochs' row at k = S)."""
+    return next(r for r in baseline if int(r["step"]) == (k + 1 if k == args.steps and args.final_epochs else k))
+
+
+def screen(s: Seed, budgets: dict[int, int]) -> dict[int, str]:
+    """The screening studies (their names by budget step k): with ``--fit-budgets`` one per budget, the
+    ``--n-trials`` split between them, each plan fitted to the budget; else one study for all budgets."""
+    args = s.args
+    if not args.fit_budgets:
+        s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials, trial_epochs=0,
+                 bn_calib_batches=args.bn_calib_batches)
+        return dict.fromkeys(budgets, s.study_name)
+    names = {}
+    for i, (k, params) in enumerate(budgets.items()):
+        names[k] = f"{s.study_name}-k{k}"
+        s.search("search_screening", names[k], args.sampler, budget=params,
+                 n_trials=args.n_trials // len(budgets) + (i < args.n_trials % len(budgets)), trial_epochs=0,
+                 bn_calib_batches=args.bn_calib_batches)
+    return names
 
 
 def fidelity(s: Seed, trials: list[dict], recorded: dict, sizes: Sizes) -> dict:
@@ -374,8 +430,9 @@ def fidelity(s: Seed, trials: list[dict], recorded: dict, sizes: Sizes) -> dict:
     s.search("fidelity_epoch1", epoch_study, args.sampler, n_trials=len(plans), trial_epochs=1, bn_calib_batches=0)
     study = load_study(s.storage, epoch_study)
     by_plan = {t["plan"]: t for t in screened(study)}
-    retrained = s.retrain("fidelity_retrain", s.root / "fidelity_retrain", [t["number"] for t in plans],
-                          prune_steps=1, epochs_per_step=args.fidelity_epochs, final_epochs=0)
+    retrained = s.retrain("fidelity_retrain", s.study_name, s.root / "fidelity_retrain",
+                          [t["number"] for t in plans], prune_steps=1, epochs_per_step=args.fidelity_epochs,
+                          final_epochs=0)
     final = {r["trial"]: r for r in retrained if r["step"] == 1}
     rows = [{"trial": t["number"], "params": t["params"], "bn_recal_top1": t["score"],
              "epoch1_top1": by_plan[t["plan"]]["score"], "retrained_test_top1": final[t["number"]]["test_top1"]}
@@ -494,7 +551,8 @@ def run(argv: list[str] | None) -> dict:
               "flags": args.flags, "steps": args.steps, "ratio": args.ratio, "epochs_per_step": args.epochs_per_step,
               "final_epochs": args.final_epochs, "n_trials": args.n_trials, "sampler": args.sampler,
               "bn_calib_batches": args.bn_calib_batches, "trial_subset": args.trial_subset,
-              "screen_subset": args.screen_subset, "mean_ratio": args.mean_ratio, **summary,
+              "screen_subset": args.screen_subset, "fit_budgets": args.fit_budgets, "space": args.space,
+              "mean_ratio": args.mean_ratio and not args.fit_budgets, **summary,
               "fidelity": per_seed[0].get("fidelity"),
               "per_seed": per_seed}
     write_json(args.json, result)

@@ -86,22 +86,24 @@ class Data:
 def load_data(spec: str, data_dir: str = "datasets", download: bool = True, seed: int = 0,
               val_fraction: float = 0.0, train_subset: int = 0, val_subset: int = 0,
               image_size: int = 32, synthetic_classes: int = 10, synthetic_train: int = 2000, *,
-              augment: str = "auto", max_memory_gb: float = 8.0, progress: bool = False) -> Data:
+              synthetic_test: int = 0, augment: str = "auto", max_memory_gb: float = 8.0,
+              progress: bool = False) -> Data:
     """The train / val / test splits a run uses. With ``val_fraction`` 0, val *is* the test set.
 
     ``augment`` is ``--augment`` (see the module docstring). ImageFolder data that fits ``max_memory_gb``
     is decoded once into a tensor file under ``data_dir/imagefolder`` and held in memory like
     CIFAR-100; larger data streams from disk (see ``_imagefolder``).
     """
+    n_test = synthetic_test or max(synthetic_classes, synthetic_train // 4)  # generated sets only
     if spec == "cifar100":
         (train, test), classes = _cifar100(data_dir, download), 100
     elif spec == "synthetic":
         train = synthetic_split(synthetic_classes, synthetic_train, seed=1234)
-        test = synthetic_split(synthetic_classes, max(synthetic_classes, synthetic_train // 4), seed=4321)
+        test = synthetic_split(synthetic_classes, n_test, seed=4321)
         classes = synthetic_classes
     elif spec == "shapes":
         from distill.shapes import shapes_splits  # here, not above: distill.shapes builds on TensorSplit
-        (train, test), classes = shapes_splits(synthetic_classes, synthetic_train), synthetic_classes
+        (train, test), classes = shapes_splits(synthetic_classes, synthetic_train, n_test), synthetic_classes
     elif spec.startswith("imagefolder:"):
         train, test, classes = _imagefolder(spec.split(":", 1)[1], image_size, augment, max_memory_gb,
                                             Path(data_dir) / "imagefolder", progress)

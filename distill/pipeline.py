@@ -46,7 +46,8 @@ def open_session(cfg, train_subset: int | None = None) -> Session:
     rt = make_runtime(cfg.device, cfg.amp, cfg.progress)
     data = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.seed, cfg.val_fraction,
                      cfg.train_subset if train_subset is None else train_subset, cfg.val_subset,
-                     cfg.image_size, cfg.synthetic_classes, cfg.synthetic_train, augment=cfg.augment,
+                     cfg.image_size, cfg.synthetic_classes, cfg.synthetic_train,
+                     synthetic_test=cfg.synthetic_test, augment=cfg.augment,
                      max_memory_gb=cfg.max_memory_gb, progress=cfg.progress)
     loader = lambda split, train: make_loader(split, cfg.batch_size, rt.device, cfg.image_size, train,
                                               cfg.seed, cfg.workers)

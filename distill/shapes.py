@@ -101,10 +101,9 @@ SHAPES: list[Sdf] = [
 assert len(SHAPES) == N_SHAPES
 
 
-def shapes_splits(num_classes: int, n_train: int) -> tuple[TensorSplit, TensorSplit]:
-    """``--data shapes``: train and test sets drawn as ``--data synthetic``'s are (test: a quarter of train)."""
-    return (shapes_split(num_classes, n_train, seed=1234),
-            shapes_split(num_classes, max(num_classes, n_train // 4), seed=4321))
+def shapes_splits(num_classes: int, n_train: int, n_test: int) -> tuple[TensorSplit, TensorSplit]:
+    """``--data shapes``: train and test sets drawn with the seeds of ``--data synthetic``'s."""
+    return shapes_split(num_classes, n_train, seed=1234), shapes_split(num_classes, n_test, seed=4321)
 
 
 def shapes_split(num_classes: int, n: int, seed: int, size: int = 32) -> TensorSplit:

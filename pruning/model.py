@@ -6,6 +6,8 @@ residual additions, so their widths must stay (the seed's "excluding the residua
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -128,6 +130,32 @@ def build_from_plan(num_classes: int, plan: dict[str, int]) -> nn.Module:
         block.bn2 = nn.BatchNorm2d(c2)
         block.conv3 = nn.Conv2d(c2, block.conv3.out_channels, 1, bias=False)
     return model
+
+
+def plan_params(model: nn.Module) -> Callable[[dict[str, int]], int]:
+    """A function giving the parameter count of ``model`` rebuilt to a plan (``build_from_plan``), without
+    building it: a budget search tries dozens of scales per plan (``search.space.fit_ratios``).
+
+    A block's conv1 (c1 outputs), bn1, conv2 (c1 -> c2) and bn2, and the c2 inputs of conv3, are the only
+    parameters a plan changes: ``in * c1 * k1 + 2 * c1 + c1 * c2 * k2 + 2 * c2 + c2 * out * k3`` (no biases).
+    """
+    terms = []
+    fixed = sum(p.numel() for p in model.parameters())
+    for name, block in _bottlenecks(model):
+        k1, k2, k3 = (math.prod(conv.kernel_size) for conv in (block.conv1, block.conv2, block.conv3))
+        assert block.conv2.groups == 1 and all(c.bias is None for c in (block.conv1, block.conv2, block.conv3))
+        coef = (block.conv1.in_channels * k1 + 2, k2, 2 + block.conv3.out_channels * k3)
+
+        def block_params(c1: int, c2: int, coef=coef) -> int:
+            return coef[0] * c1 + coef[1] * c1 * c2 + coef[2] * c2
+
+        fixed -= block_params(block.conv1.out_channels, block.conv2.out_channels)
+        terms.append((f"{name}.conv1", f"{name}.conv2", block.conv1.out_channels, block.conv2.out_channels,
+                      block_params))
+
+    def count(plan: dict[str, int]) -> int:
+        return fixed + sum(f(plan.get(a, c1), plan.get(b, c2)) for a, b, c1, c2, f in terms)
+    return count
 
 
 def check_plan_layers(model: nn.Module, layers) -> None:

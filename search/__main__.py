@@ -6,6 +6,7 @@
     python -m search --study-name r50 --n-trials 100 --n-workers 4   # 4 processes, one per GPU
     python -m search --space stage --sampler nsga2 --objective-cost flops --max-flops 1000000000
     python -m search --trial-epochs 0 --bn-calib-batches 5 --mean-ratio   # EagleEye screens, plans of every size
+    python -m search --trial-epochs 0 --bn-calib-batches 5 --target-params 10000000 --space stage  # at 10 M params
     optuna-dashboard studies.db                                  # browse the study (journal file)
     python -m search.retrain --study-name r50 --trials front     # retrain the front with the full budget
     python -m search --help                                      # every flag
@@ -31,11 +32,12 @@ from optuna.storages import BaseStorage
 
 from distill.config import config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
+from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
-from pruning.model import build_resnet50, channel_plan
+from pruning.model import build_resnet50, channel_plan, plan_params
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import lock_path, prepare_teacher
-from search.space import baseline_plans, budget_steps
+from search.space import PlanSize, baseline_plans, budget_steps
 from search.storage import file_lock, open_storage, redact
 from search.worker import spawn_workers, work
 
@@ -76,13 +78,21 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
             study.set_user_attr("config", config_dict(cfg))
             study.set_user_attr("teacher", str(teacher))
             study.set_user_attr("versions", versions())
-        plans = baseline_plans(cfg, channel_plan(build_resnet50(2)))
+        plans = baseline_plans(cfg, channel_plan(build_resnet50(2)), teacher_size(teacher, cfg))
         for params in plans:
             study.enqueue_trial(params, skip_if_exists=True)
-        if len(plans) < len(budget_steps(cfg.steps)):
+        if len(plans) < (min(1, cfg.steps) if cfg.target_params else len(budget_steps(cfg.steps))):
             print(f"{len(budget_steps(cfg.steps)) - len(plans)} of the baseline's plans are outside this space (beyond "
                   f"--max-ratio, or --ratios differing within a --space {cfg.space} group): not enqueued", flush=True)
     return study
+
+
+def teacher_size(teacher: Path, cfg: SearchConfig) -> PlanSize | None:
+    """The teacher's widths and parameter count, which --target-params needs (None without it)."""
+    if not cfg.target_params:
+        return None
+    model = load_pruned(teacher)[0]
+    return PlanSize(channel_plan(model), plan_params(model))
 
 
 def print_front(cfg: SearchConfig, study: optuna.Study) -> None:

@@ -37,9 +37,8 @@ from distill.results import prepare_out_dir, write_csv
 from distill.trainer import prepare
 from pruning.errors import UserError, run_cli
 from pruning.model import channel_plan, prunable_layers
-from pruning.plan import target_plan
-from search.config import SEARCH_PRESETS, SearchConfig, StudyFields
-from search.space import config_changes, layer_ratios
+from search.config import SEARCH_PRESETS, StudyFields
+from search.space import config_changes
 from search.storage import load_study
 
 # The search's screening choices that a retrain resets to the baseline's (RunConfig's) defaults. val_subset
@@ -100,8 +99,6 @@ def run(cfg: RetrainConfig) -> list[dict]:
     """Retrain (or resume retraining) the chosen trials; returns the rows of retrain/pruning_logs.csv."""
     study = load_study(cfg.storage, cfg.study_name)
     trials = select_trials(study, cfg.trials)
-    recorded = study.user_attrs.get("config", {})
-    space, max_ratio = recorded.get("space", "layer"), recorded.get("max_ratio", SearchConfig.max_ratio)
     out = prepare_out_dir(cfg.study_dir / "retrain", cfg)
     teacher_path = cfg.teacher or study.user_attrs.get("teacher", "")
     if not teacher_path:
@@ -113,7 +110,7 @@ def run(cfg: RetrainConfig) -> list[dict]:
     ratios = load_ratios(cfg.ratios, layers, cfg.ratio)  # the baseline's per-step ratios
     for trial in trials:
         trial_cfg = dataclasses.replace(cfg, teacher=teacher_path, **config_changes(trial.params))
-        target = target_plan(dense, layer_ratios(trial.params, layers, space, max_ratio), cfg.round_to)
+        target = screened_plan(trial, layers)
         steps = cfg.prune_steps or matching_steps(dense, target, ratios, cfg.round_to)
         schedule = retrain_schedule(dense, target, steps, ratios, cfg)
         run_schedule(sess, trial_cfg, teacher, schedule, RunStore(out / f"trial_{trial.number}"),
@@ -122,6 +119,16 @@ def run(cfg: RetrainConfig) -> list[dict]:
         write_csv(out / "pruning_logs.csv", rows)
     print(f"{len(trials)} plan(s) retrained with the baseline's protocol -> {out / 'pruning_logs.csv'}")
     return rows
+
+
+def screened_plan(trial: FrozenTrial, layers: list[str]) -> dict[str, int]:
+    """The widths the trial screened (its ``ch/<layer>`` records): the plan itself, however its params made it
+    (per-layer ratios, ``--mean-ratio`` or a ``--target-params`` fit)."""
+    missing = [layer for layer in layers if not isinstance(trial.user_attrs.get(f"ch/{layer}"), int)]
+    if missing:
+        raise UserError(f"trial {trial.number} records no width for {missing[0]} (user attr ch/{missing[0]}); "
+                        f"retrain trials of a study this toolkit ran")
+    return {layer: trial.user_attrs[f"ch/{layer}"] for layer in layers}
 
 
 def retrain_schedule(dense: dict[str, int], target: dict[str, int], steps: int, ratios: dict[str, float],

@@ -5,17 +5,21 @@ Param names: ``ratio/<layer>`` (``--space layer``, e.g. ``ratio/layer3.2.conv1``
 ``--search-kd`` also ``kd``, ``beta`` and ``dkd_beta``. A ratio is the fraction of the *dense* channels a trial removes.
 With ``--mean-ratio`` the ratios come from ``mean_ratio`` (their mean over the layers before the cap) and
 ``share/<group>`` (each group's weight in [0, 1]): a layer's ratio is ``mean_ratio x share / mean share``, at
-most ``--max-ratio``; capped layers do not pass their excess on, so the plan's mean can be lower.
+most ``--max-ratio``; capped layers do not pass their excess on, so the plan's mean can be lower. With
+``--target-params N`` the shares alone are params: each plan is scaled to the largest one of at most N params
+(``fit_ratios``), so every trial spends its screen at the budget.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import optuna
 
 from distill.config import RunConfig
 from distill.pipeline import load_ratios
-from pruning.plan import exact_ratios, uniform_plans
+from pruning.errors import UserError
+from pruning.plan import exact_ratios, target_plan, uniform_plans
 
 # KD temperatures used in practice span ~1 (hard labels) to ~20 (Hinton et al. 2015 use up to 20).
 TEMPERATURE = (1.0, 20.0)
@@ -42,14 +46,20 @@ def ratio_params(layers: list[str], space: str, prefix: str = "ratio") -> list[s
     return list(dict.fromkeys(f"{prefix}/{group_of(layer, space)}" for layer in layers))
 
 
-def suggest(trial: optuna.Trial, cfg, layers: list[str]) -> tuple[dict[str, float], dict]:
-    """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta, dkd_beta])."""
-    if cfg.mean_ratio:
-        values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio)}
-        values.update({name: trial.suggest_float(name, 0.0, 1.0) for name in ratio_params(layers, cfg.space, "share")})
+def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None = None
+            ) -> tuple[dict[str, float], dict]:
+    """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta,
+    dkd_beta]). ``size`` (the teacher's widths and parameter count) is needed with --target-params."""
+    shares = {name: trial.suggest_float(name, 0.0, 1.0) for name in ratio_params(layers, cfg.space, "share")
+              } if cfg.mean_ratio or cfg.target_params else {}
+    if cfg.target_params:
+        if size is None:
+            raise TypeError("suggest: --target-params needs the teacher's PlanSize")
+        ratios = fit_ratios(shares, layers, cfg, size)
     else:
-        values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
-    ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
+        values = ({MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio), **shares} if cfg.mean_ratio else
+                  {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)})
+        ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
     if not cfg.trial_epochs:  # screens without KD epochs (BN recalibration) cannot score KD settings
         return ratios, {}
     changes = {"temperature": trial.suggest_float("temperature", *TEMPERATURE, log=True),
@@ -72,6 +82,41 @@ def layer_ratios(params: dict, layers: list[str], space: str, max_ratio: float) 
     return {layer: min(max_ratio, params[MEAN] * share / mean_share) for layer, share in zip(layers, shares)}
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanSize:
+    """The teacher's widths and a plan's parameter count (``pruning.model.plan_params`` of the teacher)."""
+    dense: dict[str, int]
+    count: Callable[[dict[str, int]], int]
+
+
+def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str, float]:
+    """--target-params: the largest plan of at most ``cfg.target_params`` params in the direction of the
+    trial's ``share/<group>`` params: layer ratios ``scale x share`` (at most --max-ratio), the scale found by
+    bisection. A capped layer stops while the others go on, so the plan reaches any budget its uncapped layers
+    can; with shares equal to a plan's own ratios (``baseline_plans``) and its size as target, it is that plan.
+    """
+    shares = {layer: params[f"share/{group_of(layer, cfg.space)}"] for layer in layers}
+    if not any(shares.values()):  # every share 0: no layer is preferred
+        shares = dict.fromkeys(layers, 1.0)
+
+    def ratios(scale: float) -> dict[str, float]:
+        return {layer: min(cfg.max_ratio, scale * share) for layer, share in shares.items()}
+
+    def params_at(scale: float) -> int:
+        return size.count(target_plan(size.dense, ratios(scale), cfg.round_to))
+
+    low, high = 0.0, cfg.max_ratio / min(s for s in shares.values() if s > 0)  # high: every shared layer capped
+    if params_at(high) > cfg.target_params:
+        raise UserError(f"--target-params {cfg.target_params:,}: this trial's shares keep at least "
+                        f"{params_at(high):,} params at --max-ratio {cfg.max_ratio}; raise --max-ratio or the target")
+    if params_at(low) <= cfg.target_params:
+        return ratios(low)
+    for _ in range(60):  # params_at only falls as the scale grows: keep ``high`` feasible
+        middle = (low + high) / 2
+        low, high = (low, middle) if params_at(middle) <= cfg.target_params else (middle, high)
+    return ratios(high)
+
+
 def config_changes(params: dict) -> dict:
     """The RunConfig fields a trial's params set (for ``dataclasses.replace``)."""
     return {k: params[k] for k in ("temperature", "alpha", "kd", "beta", "dkd_beta") if k in params}
@@ -82,7 +127,7 @@ def budget_steps(steps: int) -> list[int]:
     return sorted({max(1, steps // 4), max(1, steps // 2), steps}) if steps else []
 
 
-def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:
+def baseline_plans(cfg, dense: dict[str, int], size: PlanSize | None = None) -> list[dict]:
     """Params of the baseline's plans after k = steps/4, steps/2 and steps of its iterated steps.
 
     Each ratio param is the one whose one-shot floor rule gives exactly the widths of ``k`` baseline steps
@@ -90,12 +135,19 @@ def baseline_plans(cfg, dense: dict[str, int]) -> list[dict]:
     applied at every step, not ``1 - (1 - r)^k``), with the baseline's temperature and alpha: the front
     meets the baseline at exactly its widths (issue 11). In ``stage``/``block`` spaces one ratio serves
     every layer of the group (the layers of a stage have the same dense width); a plan whose layers of
-    one group differ is outside the space and left out, as is one beyond ``--max-ratio``.
+    one group differ is outside the space and left out, as is one beyond ``--max-ratio``. With
+    --target-params (``size`` needed) only the plan nearest the target in params, as shares: scaled to the
+    target, it keeps its proportions, and at its own size it is exactly the baseline's plan.
     """
     plans = uniform_plans(dense, load_ratios(cfg.ratios, list(dense), cfg.ratio), cfg.steps, cfg.round_to)
-    prefix = "share" if cfg.mean_ratio else "ratio"
+    steps = budget_steps(cfg.steps)
+    if cfg.target_params:
+        if size is None:
+            raise TypeError("baseline_plans: --target-params needs the teacher's PlanSize")
+        steps = [min(steps, key=lambda k: abs(size.count(plans[k - 1]) - cfg.target_params))] if steps else []
+    prefix = "share" if cfg.mean_ratio or cfg.target_params else "ratio"
     chosen = []
-    for k in budget_steps(cfg.steps):
+    for k in steps:
         ratios = exact_ratios(dense, plans[k - 1])
         groups = {}
         for layer, ratio in ratios.items():

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from optuna.trial import TrialState
 
 from benchmarks import kd_kinds, latency, prune_step, samplers, search_vs_baseline, train_throughput
 from distill.losses import KD_KINDS
@@ -103,7 +104,8 @@ def test_kd_kinds_smoke_times_every_kind_against_logits(tmp_path):
 
 def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     work = tmp_path / "work"
-    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--mean-ratio", "--screen-subset", "5")
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--no-fit-budgets", "--mean-ratio",
+                       "--screen-subset", "5", "--fidelity", "3")
     assert result["hypervolume"].keys() >= {"baseline", "search", "reference"}
     assert result["epochs"].keys() >= {"baseline", "search"} and result["wall_s"].keys() >= {"baseline", "search"}
     steps, final = result["steps"], result["final_epochs"]
@@ -150,6 +152,31 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
               for t in load_study(str(work / "studies.db"), "seed0-epoch1").trials]
     assert all(widths[r["trial"]] in epoch1 for r in fidelity["rows"])  # both fidelities scored the same plans
     assert fidelity["bn_recal"]["epoch_equivalents"] < fidelity["epoch1"]["epoch_equivalents"]
+
+
+def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
+    """The default: one study per budget, --n-trials split between them, each plan fitted to the budget
+    (python -m search --target-params), the baseline's own plan among them; all screens count."""
+    work = tmp_path / "work"
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5")
+    assert result["fit_budgets"] is True and result["space"] == "stage" and result["fidelity"] is None
+    baseline = {r["step"]: r for r in read_csv(work / "seed0" / "baseline" / "pruning_logs.csv")}
+    seed = result["per_seed"][0]
+    for b in seed["budgets"]:
+        study = load_study(str(work / "studies.db"), b["study"])
+        assert b["study"] == f"seed0-k{b['step']}" and study.user_attrs["config"]["target_params"] == b["budget_params"]
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert len(done) == result["n_trials"] // 2 == b["candidates"]  # every screen within the budget's window
+        assert all(set(t.params) == {f"share/layer{i}" for i in range(1, 5)} for t in done)
+        widths = {c: v for c, v in baseline[b["step"]].items() if c.startswith("ch/")}
+        assert {c: v for c, v in done[0].user_attrs.items() if c.startswith("ch/")} == widths  # enqueued: its own
+        assert b["search_params"] <= b["budget_params"]
+    assert seed["trials"] == result["n_trials"]  # both studies' screens
+    screen_passes = seed["trials"] * (32 + 10)
+    assert result["epochs"]["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
+    with pytest.raises(SystemExit) as exc:
+        search_vs_baseline.main(["--smoke", "--fidelity", "3"])
+    assert exc.value.code == 2
 
 
 def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():

@@ -36,6 +36,7 @@ def test_run_config_json_round_trips(tmp_path):
     ({"data": "mnist"}, "--data 'mnist'"),
     ({"steps": "3"}, "expected int"),
     ({"batch_size": 0}, "--batch-size 0"),
+    ({"synthetic_test": -1}, "--synthetic-test -1: must be >= 0"),
 ])
 def test_bad_values_are_user_errors(overrides, match):
     with pytest.raises(UserError, match=match):

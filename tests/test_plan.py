@@ -1,9 +1,10 @@
 """pruning.plan: the floor rule, round_to, and the seed's parameter trajectory (no training needed)."""
 import pytest
+import torch
 
 from pruning.errors import UserError
 from pruning.measure import count_params
-from pruning.model import build_from_plan, build_resnet50, channel_plan, prunable_layers
+from pruning.model import build_from_plan, build_resnet50, channel_plan, plan_params, prunable_layers
 from pruning.plan import target_plan, uniform_ratios
 
 # NNI 3.0's rounding reproduces the seed's table within 3.5% at every published step.
@@ -58,3 +59,15 @@ def test_prunable_layers_are_bottleneck_conv1_conv2_only():
     assert len(names) == 32
     assert all(n.split(".")[-1] in ("conv1", "conv2") and n.startswith("layer") for n in names)
     assert not any("downsample" in n or "conv3" in n for n in names)
+
+
+def test_plan_params_counts_a_plan_exactly_without_building_it():
+    dense = build_resnet50(7)
+    count = plan_params(dense)
+    assert count(channel_plan(dense)) == count_params(dense)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # random widths per layer, and a plan naming only some layers (the rest stay dense)
+        plan = {name: int(torch.randint(1, c + 1, (), generator=gen)) for name, c in channel_plan(dense).items()}
+        assert count(plan) == count_params(build_from_plan(7, plan))
+    partial = {"layer4.2.conv2": 5}
+    assert count(partial) == count_params(build_from_plan(7, partial)) < count_params(dense)

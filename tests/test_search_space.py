@@ -1,6 +1,7 @@
 """search.space and search.config: param names, plans from params, sub-step arithmetic (no training)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import random
@@ -12,12 +13,12 @@ import pytest
 from distill.config import make_config
 from distill.engine import matching_steps
 from pruning.errors import UserError
-from pruning.model import build_resnet50, channel_plan
+from pruning.model import build_resnet50, channel_plan, plan_params
 from pruning.plan import exact_ratios, substep_plans, target_plan, uniform_plans
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.retrain import RetrainConfig, retrain_schedule
 from search.retrain import parse as retrain_parse
-from search.space import baseline_plans, budget_steps, layer_ratios, ratio_params, suggest
+from search.space import PlanSize, baseline_plans, budget_steps, fit_ratios, layer_ratios, ratio_params, suggest
 from search.storage import open_storage
 
 DENSE = channel_plan(build_resnet50(2))
@@ -69,6 +70,47 @@ def test_mean_ratio_sets_the_mean_and_samples_plans_of_every_size():
     dense = sum(DENSE.values())
     assert sizes[False][0] > 0.4 * dense and sizes[False][1] < 0.75 * dense  # mid-size plans only
     assert sizes[True][0] < 0.35 * dense and sizes[True][1] > 0.9 * dense
+
+
+SIZE = PlanSize(DENSE, plan_params(build_resnet50(2)))
+
+
+@pytest.mark.parametrize("space", ["layer", "stage"])
+def test_target_params_puts_every_plan_just_below_the_budget(space):
+    """Issue 12: sampled sizes left a budget's 10 % window nearly empty; --target-params scales each trial's
+    shares to the largest plan within the budget, so every screen is spent there."""
+    target = 8_000_000
+    cfg = make_config(SearchConfig, {"target_params": target, "space": space, "trial_epochs": 0,
+                                     "bn_calib_batches": 1})
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(20):
+        trial = study.ask()
+        ratios, _ = suggest(trial, cfg, LAYERS, SIZE)
+        assert set(trial.params) == set(ratio_params(LAYERS, space, "share"))  # the size is not a param
+        assert 0.99 * target <= SIZE.count(target_plan(DENSE, ratios)) <= target
+        assert max(ratios.values()) <= cfg.max_ratio
+    uneven = {name: (1.0 if name.startswith("share/layer4") else 0.05) for name in ratio_params(LAYERS, space, "share")}
+    ratios = fit_ratios(uneven, LAYERS, cfg, SIZE)
+    assert ratios["layer4.0.conv1"] == cfg.max_ratio > ratios["layer1.0.conv1"] > 0  # capped layer4, the rest go on
+    with pytest.raises(UserError, match="--target-params 1,000,000: this trial's shares keep at least"):
+        fit_ratios(uneven, LAYERS, dataclasses.replace(cfg, target_params=1_000_000), SIZE)
+    with pytest.raises(UserError, match="--mean-ratio and --target-params: give one"):
+        make_config(SearchConfig, {"target_params": target, "mean_ratio": True})
+
+
+@pytest.mark.parametrize("space", ["layer", "stage"])
+def test_the_baseline_plan_at_its_own_size_is_enqueued_and_fitted_exactly(space):
+    cfg = make_config(SearchConfig, {"steps": 4, "ratio": 0.3, "space": space, "trial_epochs": 0,
+                                     "bn_calib_batches": 1})
+    uniform = uniform_plans(DENSE, {n: 0.3 for n in LAYERS}, 4)
+    for k in (1, 2, 4):
+        at_budget = dataclasses.replace(cfg, target_params=SIZE.count(uniform[k - 1]))
+        plans = baseline_plans(at_budget, DENSE, SIZE)
+        assert len(plans) == 1 and "mean_ratio" not in plans[0]
+        assert target_plan(DENSE, fit_ratios(plans[0], LAYERS, at_budget, SIZE)) == uniform[k - 1]
+    between = dataclasses.replace(cfg, target_params=(SIZE.count(uniform[0]) + 3 * SIZE.count(uniform[1])) // 4)
+    assert baseline_plans(between, DENSE, SIZE) == baseline_plans(
+        dataclasses.replace(cfg, target_params=SIZE.count(uniform[1])), DENSE, SIZE)  # the nearest: step 2's
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5])

@@ -28,6 +28,15 @@ def test_load_data_shapes_gives_the_synthetic_sizes():
     assert isinstance(data.train, TensorSplit)  # the in-memory path (teacher cache, device-side augmentation)
 
 
+@pytest.mark.parametrize("spec", ["shapes", "synthetic"])
+def test_synthetic_test_sets_the_test_size_and_leaves_the_training_images(spec):
+    default = load_data(spec, synthetic_classes=10, synthetic_train=200)
+    larger = load_data(spec, synthetic_classes=10, synthetic_train=200, synthetic_test=120)
+    assert (len(default.test), len(larger.test)) == (50, 120)  # 0: a quarter of --synthetic-train
+    assert torch.equal(default.train.images, larger.train.images)  # a teacher of one is a teacher of the other
+    assert torch.bincount(larger.test.labels).tolist() == [12] * 10
+
+
 def test_too_few_classes_are_a_user_error():
     with pytest.raises(UserError, match="--synthetic-classes 1"):
         shapes_split(1, 10, seed=0)

@@ -6,10 +6,14 @@
         --synthetic-train 1600 --screen-subset 160 --teacher-lr 1e-3 --lr 3e-4 --steps 4 --ratio 0.2 \\
         --teacher-epochs 5 --n-trials 24 --bn-calib-batches 5 --trial-subset 800 --repeats 3 --no-mean-ratio \\
         --teacher runs/bench/svb_syn40/seed0/teacher/check_points/step_000.pt
-                                  # the README's table: an earlier search_vs_baseline.py run's data and teacher
+                                  # the README's first table: an earlier search_vs_baseline.py run's data and teacher
+    python benchmarks/samplers.py --threads 2 --clock cpu --n-trials 30 --repeats 3 --synthetic-test 0 \\
+        --work runs/bench/samplers_shapes --teacher runs/bench/svb_final/seed0/teacher/check_points/step_000.pt
+                                  # the README's second: --mean-ratio on --data shapes (the defaults)
 
-The study of benchmarks/search_vs_baseline.py (EagleEye screening: one prune to the plan, --bn-calib-batches
-of BatchNorm recalibration, no KD epoch; the baseline's plans at S//4, S//2 and S steps queued first), run
+The screening study of benchmarks/search_vs_baseline.py --no-fit-budgets (EagleEye screening: one prune to the
+plan, --bn-calib-batches of BatchNorm recalibration, no KD epoch; the baseline's plans at S//4, S//2 and S steps
+queued first; --space layer by default), run
 with each of ``--samplers`` for ``--n-trials`` trials, ``--repeats`` times each (a new study each time; the
 data, split and teacher stay, the sampler's seed changes: ``python -m search`` seeds it from host, pid and
 clock). Figure of merit: the hypervolume of the screening front (held-out top-1 vs params; reference 0 % and
@@ -92,6 +96,7 @@ def run(argv: list[str] | None) -> dict:
               "flags": args.flags, "teacher": str(s.teacher), "n_trials": args.n_trials, "repeats": args.repeats,
               "bn_calib_batches": args.bn_calib_batches, "steps": args.steps, "ratio": args.ratio,
               "trial_subset": args.trial_subset, "screen_subset": args.screen_subset, "mean_ratio": args.mean_ratio,
+              "space": args.space,
               "best": best, "samplers": table, "studies": studies, "commands": s.run.commands}
     write_json(args.json, result)
     return result

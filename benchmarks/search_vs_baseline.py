@@ -2,11 +2,11 @@
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
     python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --seeds 4 --json svb.json   # the README's table
-        # (2 cores, ~15 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
+        # (2 cores, ~25 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
         # S = 4 steps of 0.3 with E = 5 KD epochs each, 21 screens (7 per budget) in the stage space
-    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --no-fit-budgets --mean-ratio --space layer \
-        --epochs-per-step 1 --n-trials 30 --screen-subset 300 --bn-calib-batches 5 --fidelity 12 --json svb1.json
-        # one study for all budgets, plan sizes sampled, and the screening-fidelity check (2026-12-01 tables)
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --no-fit-budgets --mean-ratio --space layer \\
+        --epochs-per-step 1 --n-trials 30 --bn-calib-batches 5 --screen-subset 300 --synthetic-test 0 --seeds 3 \\
+        --fidelity 12 --json svb1.json   # one study for all budgets, sizes sampled, the fidelity check (README)
 
 Flags this script does not know are run flags (``distill/config.py: RunConfig``: data, sizes, lr, batch
 size, backend...) given to every command. Per seed, each command in its own directory under ``--work``
@@ -111,7 +111,8 @@ def screening_parser(doc: str) -> argparse.ArgumentParser:
                                       ("--epochs-per-step", int, 1, "KD epochs E after each step"),
                                       ("--final-epochs", int, 1, "the baseline's closing epochs F"),
                                       ("--teacher-epochs", int, 8, "epochs of the shared teacher"),
-                                      ("--n-trials", int, 30, "screened plans per search")):
+                                      ("--n-trials", int, 30, "screened plans (search_vs_baseline.py with "
+                                                              "--fit-budgets: in all, split between the budgets)")):
         parser.add_argument(flag, type=kind, default=default, help=f"{what} [default: %(default)s]")
     parser.add_argument("--bn-calib-batches", type=int, default=5,
                         help="BatchNorm-recalibration batches of a screen [default: %(default)s]")
@@ -121,8 +122,9 @@ def screening_parser(doc: str) -> argparse.ArgumentParser:
                         help="held-out and test images a screen evaluates (the search's --val-subset; 0 = the "
                              "run flags' --val-subset, all by default) [default: %(default)s]")
     parser.add_argument("--mean-ratio", action=argparse.BooleanOptionalAction, default=True,
-                        help="the search samples the plan's mean ratio as one param (python -m search --mean-ratio), "
-                             "so its plans reach every budget [default: on]")
+                        help="a study for all budgets (search_vs_baseline.py: with --no-fit-budgets) samples the "
+                             "plan's mean ratio as one param (python -m search --mean-ratio), so its plans reach "
+                             "every budget [default: on]")
     parser.add_argument("--space", default=SearchConfig.space, choices=SPACES,
                         help="the search's --space [default: %(default)s]")
     return parser
@@ -226,8 +228,8 @@ def screened(study: optuna.Study) -> list[dict]:
 
 
 def plan_key(params: dict) -> tuple:
-    """A trial's plan as a key: its params but the KD settings (``ratio/...``, or ``mean_ratio`` and
-    ``share/...`` with ``--mean-ratio``), sorted."""
+    """A trial's plan as a key: its params but the KD settings (``ratio/...``; ``mean_ratio`` and ``share/...``
+    with ``--mean-ratio``; ``share/...`` with ``--target-params``), sorted."""
     kd = config_changes(params)
     return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
@@ -319,12 +321,13 @@ class Seed:
         self.run("teacher", iterative.main, "baselines/iterative.py", merged(self.args.flags, self.schedule, argv_of(
             val_fraction=VAL_FRACTION, steps=0, final_epochs=0, out=self.root / "teacher")))
 
-    def search(self, side: str, study_name: str, sampler: str, budget: int = 0, **fidelity) -> None:
+    def search(self, side: str, study_name: str, sampler: str, target_params: int = 0, **fidelity) -> None:
         """``python -m search`` from the shared teacher: one-shot prune to each plan, then the fidelity; no
         teacher cache (its 16 views cost 16 teacher passes per image, more than these screens spend) and no
-        trial checkpoints (a retrain starts from the teacher). ``budget``: every plan fitted to that many params
-        (``--target-params``); else sizes sampled (``--mean-ratio``) or per-group ratios."""
-        sizing = argv_of(target_params=budget) if budget else ["--mean-ratio"] if self.args.mean_ratio else []
+        trial checkpoints (a retrain starts from the teacher). ``target_params``: every plan fitted to that many
+        params; else sizes sampled (``--mean-ratio``) or per-group ratios."""
+        sizing = (argv_of(target_params=target_params) if target_params else
+                  ["--mean-ratio"] if self.args.mean_ratio else [])
         self.run(side, search_cli.main, "python -m search", merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
             prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler, space=self.args.space,
@@ -410,13 +413,16 @@ def screen(s: Seed, budgets: dict[int, int]) -> dict[int, str]:
         s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials, trial_epochs=0,
                  bn_calib_batches=args.bn_calib_batches)
         return dict.fromkeys(budgets, s.study_name)
-    names = {}
-    for i, (k, params) in enumerate(budgets.items()):
-        names[k] = f"{s.study_name}-k{k}"
-        s.search("search_screening", names[k], args.sampler, budget=params,
-                 n_trials=args.n_trials // len(budgets) + (i < args.n_trials % len(budgets)), trial_epochs=0,
-                 bn_calib_batches=args.bn_calib_batches)
+    names = {k: f"{s.study_name}-k{k}" for k in budgets}
+    for (k, params), n_trials in zip(budgets.items(), split_trials(args.n_trials, len(budgets))):
+        s.search("search_screening", names[k], args.sampler, target_params=params, n_trials=n_trials,
+                 trial_epochs=0, bn_calib_batches=args.bn_calib_batches)
     return names
+
+
+def split_trials(n: int, parts: int) -> list[int]:
+    """``n`` screens over ``parts`` studies, the first ones taking the remainder (22 over 3: 8, 7, 7)."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
 
 
 def fidelity(s: Seed, trials: list[dict], recorded: dict, sizes: Sizes) -> dict:
@@ -497,7 +503,7 @@ def summarize(per_seed: list[dict]) -> dict:
     for i, first in enumerate(per_seed[0]["budgets"]):
         rows = [s["budgets"][i] for s in per_seed]
         row = {"step": first["step"]}
-        for key in (*BUDGET_KEYS, "search_screen_top1", "compute_ratio"):
+        for key in (*BUDGET_KEYS, "search_screen_top1", "compute_ratio", "candidates"):
             stats = mean_spread([r[key] for r in rows])
             row[key] = round(stats["mean"]) if key.endswith("params") and stats["n"] else stats["mean"]
             if key.endswith("top1"):

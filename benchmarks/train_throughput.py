@@ -6,7 +6,7 @@
     python benchmarks/train_throughput.py --device cuda --compile          # the same with torch.compile'd students
     python benchmarks/train_throughput.py --smoke --json /tmp/throughput.json
     python -m benchmarks.train_throughput --data imagefolder:PATH --clock cpu --threads 1 --workers 0
-    python -m benchmarks.train_throughput --make-folder /tmp/folder --clock cpu --threads 1 --workers 0 \
+    python -m benchmarks.train_throughput --make-folder /tmp/folder --clock cpu --threads 1 --workers 0 \\
         --batch-size 8 --batches 2 --rounds 2 --json /tmp/imagefolder.json   # the README's figures
 
 On the same model, batch and device, for a dense and a pruned student:

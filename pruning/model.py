@@ -143,7 +143,8 @@ def plan_params(model: nn.Module) -> Callable[[dict[str, int]], int]:
     fixed = sum(p.numel() for p in model.parameters())
     for name, block in _bottlenecks(model):
         k1, k2, k3 = (math.prod(conv.kernel_size) for conv in (block.conv1, block.conv2, block.conv3))
-        assert block.conv2.groups == 1 and all(c.bias is None for c in (block.conv1, block.conv2, block.conv3))
+        if block.conv2.groups != 1 or any(c.bias is not None for c in (block.conv1, block.conv2, block.conv3)):
+            raise ValueError(f"plan_params: {name} is not a torchvision Bottleneck (grouped conv2 or conv biases)")
         coef = (block.conv1.in_channels * k1 + 2, k2, 2 + block.conv3.out_channels * k3)
 
         def block_params(c1: int, c2: int, coef=coef) -> int:

@@ -34,10 +34,10 @@ from distill.config import config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
 from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
-from pruning.model import build_resnet50, channel_plan, plan_params
+from pruning.model import build_resnet50, channel_plan
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import lock_path, prepare_teacher
-from search.space import PlanSize, baseline_plans, budget_steps
+from search.space import PlanSize, baseline_plans, budget_steps, check_target
 from search.storage import file_lock, open_storage, redact
 from search.worker import spawn_workers, work
 
@@ -81,18 +81,21 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
         plans = baseline_plans(cfg, channel_plan(build_resnet50(2)), teacher_size(teacher, cfg))
         for params in plans:
             study.enqueue_trial(params, skip_if_exists=True)
-        if len(plans) < (min(1, cfg.steps) if cfg.target_params else len(budget_steps(cfg.steps))):
-            print(f"{len(budget_steps(cfg.steps)) - len(plans)} of the baseline's plans are outside this space (beyond "
-                  f"--max-ratio, or --ratios differing within a --space {cfg.space} group): not enqueued", flush=True)
+        expected = min(1, cfg.steps) if cfg.target_params else len(budget_steps(cfg.steps))
+        if len(plans) < expected:
+            print(f"{expected - len(plans)} of the baseline's plans are outside this space (beyond --max-ratio, or "
+                  f"--ratios differing within a --space {cfg.space} group): not enqueued", flush=True)
     return study
 
 
 def teacher_size(teacher: Path, cfg: SearchConfig) -> PlanSize | None:
-    """The teacher's widths and parameter count, which --target-params needs (None without it)."""
+    """The teacher's widths and parameter count, which --target-params needs (None without it); a target no
+    plan can meet is refused here, before any trial."""
     if not cfg.target_params:
         return None
-    model = load_pruned(teacher)[0]
-    return PlanSize(channel_plan(model), plan_params(model))
+    size = PlanSize.of(load_pruned(teacher)[0])
+    check_target(cfg, size)
+    return size
 
 
 def print_front(cfg: SearchConfig, study: optuna.Study) -> None:

@@ -15,10 +15,12 @@ import dataclasses
 from collections.abc import Callable
 
 import optuna
+from torch import nn
 
 from distill.config import RunConfig
 from distill.pipeline import load_ratios
 from pruning.errors import UserError
+from pruning.model import channel_plan, plan_params
 from pruning.plan import exact_ratios, target_plan, uniform_plans
 
 # KD temperatures used in practice span ~1 (hard labels) to ~20 (Hinton et al. 2015 use up to 20).
@@ -30,6 +32,9 @@ BETA = (1.0, 1e4)
 # alpha already sets CE against the whole DKD term, so alpha and dkd_beta span every CE:TCKD:NCKD ratio.
 DKD_BETA = (0.5, 16.0)
 MEAN = "mean_ratio"  # --mean-ratio: the mean of the layers' ratios (before the cap), one param
+# Shares below this count as 0: a layer that a scale of a million would not prune fully stays dense, and
+# --target-params' bisection keeps a finite range (a share of 1e-300 would make it infinite).
+SHARE_FLOOR = 1e-6
 KD_CHOICES = next(f for f in dataclasses.fields(RunConfig) if f.name == "kd").metadata["choices"]
 
 
@@ -50,15 +55,15 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
             ) -> tuple[dict[str, float], dict]:
     """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta,
     dkd_beta]). ``size`` (the teacher's widths and parameter count) is needed with --target-params."""
-    shares = {name: trial.suggest_float(name, 0.0, 1.0) for name in ratio_params(layers, cfg.space, "share")
-              } if cfg.mean_ratio or cfg.target_params else {}
     if cfg.target_params:
         if size is None:
             raise TypeError("suggest: --target-params needs the teacher's PlanSize")
-        ratios = fit_ratios(shares, layers, cfg, size)
+        ratios = fit_ratios(suggest_shares(trial, layers, cfg.space), layers, cfg, size)
     else:
-        values = ({MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio), **shares} if cfg.mean_ratio else
-                  {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)})
+        if cfg.mean_ratio:
+            values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio), **suggest_shares(trial, layers, cfg.space)}
+        else:
+            values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
         ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
     if not cfg.trial_epochs:  # screens without KD epochs (BN recalibration) cannot score KD settings
         return ratios, {}
@@ -71,15 +76,25 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
     return ratios, changes
 
 
+def suggest_shares(trial: optuna.Trial, layers: list[str], space: str) -> dict[str, float]:
+    return {name: trial.suggest_float(name, 0.0, 1.0) for name in ratio_params(layers, space, "share")}
+
+
 def layer_ratios(params: dict, layers: list[str], space: str, max_ratio: float) -> dict[str, float]:
     """Per-layer ratios from a trial's params (``trial.params`` works too: other keys are ignored)."""
     if MEAN not in params:
         return {layer: params[f"ratio/{group_of(layer, space)}"] for layer in layers}
-    shares = [params[f"share/{group_of(layer, space)}"] for layer in layers]
-    mean_share = sum(shares) / len(shares)
-    if not mean_share:  # every share 0: no layer is preferred
-        return {layer: params[MEAN] for layer in layers}
-    return {layer: min(max_ratio, params[MEAN] * share / mean_share) for layer, share in zip(layers, shares)}
+    shares = layer_shares(params, layers, space)
+    mean_share = sum(shares.values()) / len(shares)
+    return {layer: min(max_ratio, params[MEAN] * share / mean_share) for layer, share in shares.items()}
+
+
+def layer_shares(params: dict, layers: list[str], space: str) -> dict[str, float]:
+    """Each layer's share (its group's ``share/<group>`` param; below SHARE_FLOOR, 0); all 1 when every share is
+    0: no layer is preferred."""
+    shares = {layer: params[f"share/{group_of(layer, space)}"] for layer in layers}
+    shares = {layer: share if share >= SHARE_FLOOR else 0.0 for layer, share in shares.items()}
+    return shares if any(shares.values()) else dict.fromkeys(layers, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +103,19 @@ class PlanSize:
     dense: dict[str, int]
     count: Callable[[dict[str, int]], int]
 
+    @classmethod
+    def of(cls, model: nn.Module) -> PlanSize:
+        return cls(channel_plan(model), plan_params(model))
+
+
+def check_target(cfg, size: PlanSize) -> None:
+    """--target-params below the smallest plan the space holds (every layer at --max-ratio) fails every trial:
+    refused before the first."""
+    smallest = size.count(target_plan(size.dense, dict.fromkeys(size.dense, cfg.max_ratio), cfg.round_to))
+    if cfg.target_params < smallest:
+        raise UserError(f"--target-params {cfg.target_params:,}: the smallest plan, every layer at --max-ratio "
+                        f"{cfg.max_ratio}, has {smallest:,} params; raise --max-ratio or the target")
+
 
 def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str, float]:
     """--target-params: the largest plan of at most ``cfg.target_params`` params in the direction of the
@@ -95,9 +123,7 @@ def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str
     bisection. A capped layer stops while the others go on, so the plan reaches any budget its uncapped layers
     can; with shares equal to a plan's own ratios (``baseline_plans``) and its size as target, it is that plan.
     """
-    shares = {layer: params[f"share/{group_of(layer, cfg.space)}"] for layer in layers}
-    if not any(shares.values()):  # every share 0: no layer is preferred
-        shares = dict.fromkeys(layers, 1.0)
+    shares = layer_shares(params, layers, cfg.space)
 
     def ratios(scale: float) -> dict[str, float]:
         return {layer: min(cfg.max_ratio, scale * share) for layer, share in shares.items()}
@@ -108,7 +134,8 @@ def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str
     low, high = 0.0, cfg.max_ratio / min(s for s in shares.values() if s > 0)  # high: every shared layer capped
     if params_at(high) > cfg.target_params:
         raise UserError(f"--target-params {cfg.target_params:,}: this trial's shares keep at least "
-                        f"{params_at(high):,} params at --max-ratio {cfg.max_ratio}; raise --max-ratio or the target")
+                        f"{params_at(high):,} params at --max-ratio {cfg.max_ratio} (layers of share 0 are not "
+                        f"pruned)")
     if params_at(low) <= cfg.target_params:
         return ratios(low)
     for _ in range(60):  # params_at only falls as the scale grows: keep ``high`` feasible

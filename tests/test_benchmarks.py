@@ -105,7 +105,7 @@ def test_kd_kinds_smoke_times_every_kind_against_logits(tmp_path):
 def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     work = tmp_path / "work"
     result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--no-fit-budgets", "--mean-ratio",
-                       "--screen-subset", "5", "--fidelity", "3")
+                       "--screen-subset", "5", "--fidelity", "3", "--space", "layer")
     assert result["hypervolume"].keys() >= {"baseline", "search", "reference"}
     assert result["epochs"].keys() >= {"baseline", "search"} and result["wall_s"].keys() >= {"baseline", "search"}
     steps, final = result["steps"], result["final_epochs"]
@@ -185,6 +185,11 @@ def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
               {"number": 4, "params": 900, "score": 60.0}]
     assert search_vs_baseline.pick(trials, 1000)["number"] == 4  # ties: the smaller plan; 850 is > 10 % below
     assert search_vs_baseline.pick(trials, 800) is None
+
+
+def test_the_screens_are_split_between_the_budgets():
+    assert search_vs_baseline.split_trials(22, 3) == [8, 7, 7] and search_vs_baseline.split_trials(21, 3) == [7] * 3
+    assert sum(search_vs_baseline.split_trials(5, 2)) == 5
 
 
 def test_spearman_and_its_partial_form():

@@ -13,12 +13,13 @@ import pytest
 from distill.config import make_config
 from distill.engine import matching_steps
 from pruning.errors import UserError
-from pruning.model import build_resnet50, channel_plan, plan_params
+from pruning.model import build_resnet50, channel_plan
 from pruning.plan import exact_ratios, substep_plans, target_plan, uniform_plans
 from search.config import SEARCH_PRESETS, SearchConfig
-from search.retrain import RetrainConfig, retrain_schedule
+from search.retrain import RetrainConfig, retrain_schedule, screened_plan
 from search.retrain import parse as retrain_parse
-from search.space import PlanSize, baseline_plans, budget_steps, fit_ratios, layer_ratios, ratio_params, suggest
+from search.space import (PlanSize, baseline_plans, budget_steps, check_target, fit_ratios, layer_ratios, ratio_params,
+                          suggest)
 from search.storage import open_storage
 
 DENSE = channel_plan(build_resnet50(2))
@@ -72,7 +73,7 @@ def test_mean_ratio_sets_the_mean_and_samples_plans_of_every_size():
     assert sizes[True][0] < 0.35 * dense and sizes[True][1] > 0.9 * dense
 
 
-SIZE = PlanSize(DENSE, plan_params(build_resnet50(2)))
+SIZE = PlanSize.of(build_resnet50(2))
 
 
 @pytest.mark.parametrize("space", ["layer", "stage"])
@@ -96,6 +97,33 @@ def test_target_params_puts_every_plan_just_below_the_budget(space):
         fit_ratios(uneven, LAYERS, dataclasses.replace(cfg, target_params=1_000_000), SIZE)
     with pytest.raises(UserError, match="--mean-ratio and --target-params: give one"):
         make_config(SearchConfig, {"target_params": target, "mean_ratio": True})
+
+
+def test_target_params_edge_cases():
+    cfg = make_config(SearchConfig, {"target_params": 8_000_000, "trial_epochs": 0, "bn_calib_batches": 1})
+    zeros = {name: 0.0 for name in ratio_params(LAYERS, "layer", "share")}
+    uniform = fit_ratios(zeros, LAYERS, cfg, SIZE)  # no layer preferred: one ratio for all
+    assert len(set(uniform.values())) == 1 and SIZE.count(target_plan(DENSE, uniform)) <= 8_000_000
+    tiny = {**zeros, "share/layer1.0.conv1": 1e-300}  # below SHARE_FLOOR: a zero, not an infinite bisection range
+    assert fit_ratios(tiny, LAYERS, cfg, SIZE) == uniform
+    dense = dataclasses.replace(cfg, target_params=SIZE.count(DENSE))
+    assert set(fit_ratios(zeros, LAYERS, dense, SIZE).values()) == {0.0}  # the teacher itself fits
+    rounded = dataclasses.replace(cfg, round_to=8, space="stage")
+    shares = {"share/layer1": 0.2, "share/layer2": 0.5, "share/layer3": 0.9, "share/layer4": 0.4}
+    plan = target_plan(DENSE, fit_ratios(shares, LAYERS, rounded, SIZE), 8)
+    assert all(c % 8 == 0 for c in plan.values()) and 0.97 * 8_000_000 <= SIZE.count(plan) <= 8_000_000
+    check_target(cfg, SIZE)
+    with pytest.raises(UserError, match="--target-params 100,000: the smallest plan, every layer at --max-ratio 0.9"):
+        check_target(dataclasses.replace(cfg, target_params=100_000), SIZE)
+
+
+def test_a_retrain_takes_the_widths_the_trial_screened():
+    widths = {f"ch/{layer}": c // 2 for layer, c in DENSE.items()}
+    trial = optuna.trial.create_trial(values=[50.0, 1e6], params={}, distributions={}, user_attrs=widths)
+    assert screened_plan(trial, LAYERS) == {layer: c // 2 for layer, c in DENSE.items()}
+    del widths["ch/layer2.1.conv2"]
+    with pytest.raises(UserError, match="records no width for layer2.1.conv2"):
+        screened_plan(optuna.trial.create_trial(values=[50.0, 1e6], user_attrs=widths), LAYERS)
 
 
 @pytest.mark.parametrize("space", ["layer", "stage"])

@@ -38,13 +38,15 @@ recalibration or evaluation image 1 (a full-width forward: this overstates scree
 evaluation (its held-out split and the test set, within ``--screen-subset``) is search-only work and counts;
 the evaluation of the models both sides train does not, and the teacher is shared, counted on neither side.
 The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock`` (cpu: this
-process's CPU time, steadier on a shared machine with ``--threads 1``).
+process's CPU time, steadier on a shared machine with ``--threads 1``); a rerun reports each finished command's
+recorded seconds (``<work>/seconds.json``), not its resume.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import shutil
 import statistics
@@ -66,7 +68,7 @@ from baselines import iterative
 from benchmarks.common import CLOCKS, base_parser, machine, print_table, set_threads, write_json
 from distill.config import config_dict
 from distill.data import load_data, split_indices
-from distill.results import read_csv
+from distill.results import atomic_write_text, read_csv
 from pruning.errors import UserError, run_cli
 from search import retrain
 from search.config import SearchConfig
@@ -205,17 +207,27 @@ def merged(*argvs: list[str]) -> list[str]:
 
 
 class Runner:
-    """Runs the entry points in this process, timing each with ``--clock`` and recording its command line."""
+    """Runs the entry points in this process, timing each with ``--clock`` and recording its command line.
 
-    def __init__(self, clock: str):
-        self.timer, self.commands, self.seconds = CLOCKS[clock], [], {}
+    A command that finished in an earlier run of the same ``--work`` resumes in seconds; it keeps the seconds it
+    took then (``record``: ``<work>/seconds.json``, by clock and command line), so a rerun that writes the JSON
+    reports the work, not the resume. A command killed midway counts only the part this process ran.
+    """
+
+    def __init__(self, clock: str, record: Path):
+        self.clock, self.timer, self.record = clock, CLOCKS[clock], record
+        self.commands, self.seconds = [], {}
 
     def __call__(self, side: str, main, script: str, argv: list[str]) -> None:
         self.commands.append(" ".join([script, *argv]))
         print(f"\n$ {self.commands[-1]}", flush=True)
         start = self.timer()
         main(argv)
-        self.seconds[side] = self.seconds.get(side, 0.0) + self.timer() - start
+        spent = self.timer() - start
+        done = json.loads(self.record.read_text()) if self.record.exists() else {}
+        spent = done.setdefault(f"{self.clock} {self.commands[-1]}", spent)
+        atomic_write_text(self.record, json.dumps(done, indent=1) + "\n")
+        self.seconds[side] = self.seconds.get(side, 0.0) + spent
 
 
 def screened(study: optuna.Study) -> list[dict]:
@@ -311,7 +323,8 @@ class Seed:
 
     def __init__(self, args, seed: int):
         self.args, self.seed, self.root = args, seed, args.work / f"seed{seed}"
-        self.run, self.storage, self.study_name = Runner(args.clock), str(args.work / "studies.db"), f"seed{seed}"
+        self.run = Runner(args.clock, args.work / "seconds.json")
+        self.storage, self.study_name = str(args.work / "studies.db"), f"seed{seed}"
         self.teacher = self.root / "teacher" / "check_points" / "step_000.pt"
         self.schedule = argv_of(seed=seed, steps=args.steps, ratio=args.ratio, epochs_per_step=args.epochs_per_step,
                                 final_epochs=args.final_epochs, teacher_epochs=args.teacher_epochs)

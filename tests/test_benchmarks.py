@@ -174,6 +174,9 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
     assert seed["trials"] == result["n_trials"]  # both studies' screens
     screen_passes = seed["trials"] * (32 + 10)
     assert result["epochs"]["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
+    again = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5")
+    # a rerun resumes every command; it reports the seconds the work took, not the resume's
+    assert again["per_seed"][0]["wall_s"] == seed["wall_s"] and again["budgets"] == result["budgets"]
     with pytest.raises(SystemExit) as exc:
         search_vs_baseline.main(["--smoke", "--fidelity", "3"])
     assert exc.value.code == 2

@@ -66,7 +66,7 @@ from optuna.trial import TrialState
 import search.__main__ as search_cli
 from baselines import iterative
 from benchmarks.common import CLOCKS, base_parser, machine, print_table, set_threads, write_json
-from distill.config import config_dict
+from distill.config import with_defaults
 from distill.data import load_data, split_indices
 from distill.results import atomic_write_text, read_csv
 from pruning.errors import UserError, run_cli
@@ -286,7 +286,7 @@ def screen_epochs(recorded: dict, sizes: Sizes) -> float:
 
 def split_sizes(recorded: dict) -> Sizes:
     """The image counts of ``Sizes`` for the study's recorded config."""
-    r = SimpleNamespace(**{**config_dict(SearchConfig()), **recorded})  # fields added since: their defaults
+    r = SimpleNamespace(**with_defaults(recorded, SearchConfig))
     whole = load_data(r.data, r.data_dir, r.download, 0, 0.0, 0, 0, r.image_size, r.synthetic_classes,
                       r.synthetic_train, synthetic_test=r.synthetic_test, augment=r.augment,
                       max_memory_gb=r.max_memory_gb, progress=False)
@@ -366,12 +366,13 @@ def run_seed(args, seed: int) -> dict:
     steps = budget_steps(args.steps)
     models = {k: baseline_model(baseline, k, args) for k in steps}
     studies = screen(s, {k: models[k]["params"] for k in steps})
-    recorded = load_study(s.storage, studies[steps[0]]).user_attrs["config"]
+    loaded = {name: load_study(s.storage, name) for name in set(studies.values())}  # one study for all, or one each
+    recorded = loaded[studies[steps[0]]].user_attrs["config"]
     sizes = split_sizes(recorded)
     budgets, picks, screening = [], [], 0.0
     for k in steps:
         final = args.final_epochs if k == args.steps else 0  # the baseline's step-k model had no closing epochs
-        base, study = models[k], load_study(s.storage, studies[k])
+        base, study = models[k], loaded[studies[k]]
         trials = screened(study)
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
                "baseline_test_top1": base["test_top1"], "baseline_epochs": k * args.epochs_per_step + final,
@@ -391,8 +392,8 @@ def run_seed(args, seed: int) -> dict:
                        # the baseline's own (enqueued) plan: its delta is the protocol's run-to-run noise
                        same_widths=widths_of(done) == widths_of(base))
         budgets.append(row)
-    ran = sum(len(load_study(s.storage, name).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
-              for name in set(studies.values()))
+    ran = sum(len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+              for study in loaded.values())
     screening = ran * screen_epochs(recorded, sizes)
     for b in budgets:  # one model at this budget: the whole screening, then its retraining, vs the baseline's run
         b["compute_ratio"] = None if b["trial"] is None else ratio(screening + b["search_epochs"], b["baseline_epochs"])

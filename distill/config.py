@@ -303,10 +303,15 @@ def config_diff(recorded: dict, cfg) -> dict[str, tuple]:
     """Fields of ``cfg`` whose values differ from the ``recorded`` run's and would change results (ignores
     RESUME_NEUTRAL). A field the record lacks (added since) counts as its default: a run of an older
     version resumes unless the field is changed."""
-    recorded, current = {**config_dict(type(cfg)()), **recorded}, config_dict(cfg)
+    recorded, current = with_defaults(recorded, type(cfg)), config_dict(cfg)
     keys = (set(recorded) | set(current)) - RESUME_NEUTRAL
     return {k: (recorded.get(k), current.get(k)) for k in sorted(keys)
             if _norm(recorded.get(k)) != _norm(current.get(k))}
+
+
+def with_defaults(recorded: dict, cls) -> dict:
+    """A config recorded by an older version, its missing fields (added since) at ``cls``'s defaults."""
+    return {**config_dict(cls()), **recorded}
 
 
 def _norm(value):

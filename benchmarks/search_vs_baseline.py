@@ -20,24 +20,24 @@ size, backend...) given to every command. Per seed, each command in its own dire
 3. search: ``python -m search --teacher T``: plans screened EagleEye-style (one prune to the plan,
    ``--bn-calib-batches`` M batches of BatchNorm recalibration, no KD epoch) on the held-out split. With
    ``--fit-budgets`` (default) one study per budget (``--target-params``: each plan is the largest of at most
-   the budget's params in the direction of its sampled per-group shares), ``--n-trials`` split between them,
+   the budget's params of the shape its sampled per-group tilts give), ``--n-trials`` split between them,
    the baseline's own plan of that size screened first; else one study of ``--n-trials`` for all budgets,
    with ``--mean-ratio`` sampling each plan's size;
 4. at each budget the plan with the best screening top-1 among those with params in
    [(1 - TOLERANCE) x budget, budget] is retrained by ``python -m search.retrain`` exactly as the baseline
    trained its model of that size: from the teacher, k prune steps of E epochs on the whole training
    set, and the F closing epochs only at k = S (the baseline's step-k model had none); both test top-1;
-5. ``--fidelity N`` (first seed, with ``--no-fit-budgets``): the study's first N plans are also screened with
-   one KD epoch (a second study of the same plans) and retrained (one prune + ``--fidelity-epochs`` epochs on
-   the whole training set); the Spearman rank correlation of each screening score with the retrained test
-   top-1, and each screen's cost, tell which fidelity to trust.
+5. ``--fidelity N`` (first seed): the first N plans of the first budget's study (with ``--no-fit-budgets``, of
+   the one study) are also screened with one KD epoch (a second study of the same plans) and retrained (one
+   prune + ``--fidelity-epochs`` epochs on the whole training set); the Spearman rank correlation of each
+   screening score with the retrained test top-1, and each screen's cost, tell which fidelity to trust.
 
 Compute is counted in epochs of the baseline's training set, in forward passes of one image: a KD training
 image costs ``TRAIN_PASSES`` = 4 (the student's forward and backward, the teacher's forward), a BatchNorm-
 recalibration or evaluation image 1 (a full-width forward: this overstates screening a little). A screen's
-evaluation (its held-out split and the test set, within ``--screen-subset``) is search-only work and counts;
-the evaluation of the models both sides train does not, and the teacher is shared, counted on neither side.
-The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock`` (cpu: this
+evaluation (its held-out split, within ``--screen-subset``; trials never see the test set) is search-only work
+and counts; the evaluation of the models both sides train does not, and the teacher is shared, counted on
+neither side. The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock`` (cpu: this
 process's CPU time, steadier on a shared machine with ``--threads 1``); a rerun reports each finished command's
 recorded seconds (``<work>/seconds.json``), not its resume.
 """
@@ -121,7 +121,7 @@ def screening_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--trial-subset", type=int, default=0, help="training images of a screen (0 = all of the "
                                                                      "search's split) [default: %(default)s]")
     parser.add_argument("--screen-subset", type=int, default=300,
-                        help="held-out and test images a screen evaluates (the search's --val-subset; 0 = the "
+                        help="held-out images a screen evaluates (the search's --val-subset; 0 = the "
                              "run flags' --val-subset, all by default) [default: %(default)s]")
     parser.add_argument("--mean-ratio", action=argparse.BooleanOptionalAction, default=True,
                         help="a study for all budgets (search_vs_baseline.py: with --no-fit-budgets) samples the "
@@ -138,10 +138,12 @@ def screen_subset(args) -> dict:
 
 
 def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict, name: str):
-    """Parsed flags; ``args.flags``: the run flags (the defaults, then the user's, which win)."""
+    """Parsed flags; ``args.flags``: the run flags (the defaults, then the user's, which win). ``--smoke``
+    changes the defaults to ``smoke``; flags given with it still win."""
     args, flags = parser.parse_known_args(argv)
     if args.smoke:
-        vars(args).update(smoke)
+        parser.set_defaults(**smoke)
+        args, flags = parser.parse_known_args(argv)
     if flags and not flags[0].startswith("--"):
         raise UserError(f"unexpected argument {flags[0]!r}: give run flags as --name value (see --help)")
     args.flags = merged(SMOKE_FLAGS if args.smoke else DEFAULT_FLAGS, flags)
@@ -161,12 +163,12 @@ def parse_args(argv: list[str] | None):
                         help="one screening study per budget, --n-trials split between them, each plan fitted to "
                              "the budget (python -m search --target-params); off: one study whose plans' sizes are "
                              "sampled (--mean-ratio) [default: on]")
-    parser.add_argument("--fidelity", type=int, default=0, help="plans whose screening scores are checked against "
-                                                                "retraining, with --no-fit-budgets (0 = skip) "
+    parser.add_argument("--fidelity", type=int, default=0, help="plans of the first budget's study whose screening "
+                                                                "scores are checked against retraining (0 = skip) "
                                                                 "[default: 0]")
     # Issue 12's compute target is 1.25x the baseline's at every budget, the whole screening charged to each:
-    # 21 screens of 4 x 64 recalibration + 2 x 200 evaluation images are 1.15 epochs of 3,000 images, a quarter
-    # of the first budget's E = 5. Seven screens per budget: four shares (the stage space) are what a GP or
+    # 21 screens of 4 x 64 recalibration + 200 evaluation images are 0.80 epochs of 3,000 images, a sixth of
+    # the first budget's E = 5. Seven screens per budget: four tilts (the stage space) are what a GP or
     # random search can place in seven draws.
     parser.set_defaults(space="stage", epochs_per_step=5, n_trials=21, bn_calib_batches=4, screen_subset=200)
     parser.add_argument("--fidelity-epochs", type=int, default=1,
@@ -174,10 +176,13 @@ def parse_args(argv: list[str] | None):
     args = finish_args(parser, argv, SMOKE, "search_vs_baseline")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be >= 1")
-    if not 0 <= args.fidelity <= args.n_trials or args.fidelity in (1, 2):
-        raise UserError(f"--fidelity {args.fidelity}: give 0 (skip) or 3..--n-trials plans")
-    if args.fidelity and args.fit_budgets:
-        raise UserError("--fidelity ranks plans of many sizes in one study: give --no-fit-budgets with it")
+    first_study = split_trials(args.n_trials, len(budget_steps(args.steps)))[0] if args.fit_budgets else args.n_trials
+    if args.fidelity and first_study < 3:
+        raise UserError(f"--fidelity needs at least 3 screens in the first budget's study, which gets {first_study} "
+                        f"of --n-trials {args.n_trials}: raise --n-trials")
+    if not 0 <= args.fidelity <= first_study or args.fidelity in (1, 2):
+        raise UserError(f"--fidelity {args.fidelity}: give 0 (skip) or 3..{first_study} plans (the screens of the "
+                        f"first budget's study)")
     if args.fit_budgets and args.n_trials < len(budget_steps(args.steps)):
         raise UserError(f"--n-trials {args.n_trials}: --fit-budgets needs at least one screen per budget "
                         f"({len(budget_steps(args.steps))})")
@@ -218,7 +223,7 @@ class Runner:
         self.clock, self.timer, self.record = clock, CLOCKS[clock], record
         self.commands, self.seconds = [], {}
 
-    def __call__(self, side: str, main, script: str, argv: list[str]) -> None:
+    def __call__(self, side: str, main, script: str, argv: list[str]) -> float:
         self.commands.append(" ".join([script, *argv]))
         print(f"\n$ {self.commands[-1]}", flush=True)
         start = self.timer()
@@ -228,6 +233,7 @@ class Runner:
         spent = done.setdefault(f"{self.clock} {self.commands[-1]}", spent)
         atomic_write_text(self.record, json.dumps(done, indent=1) + "\n")
         self.seconds[side] = self.seconds.get(side, 0.0) + spent
+        return spent
 
 
 def screened(study: optuna.Study) -> list[dict]:
@@ -241,7 +247,7 @@ def screened(study: optuna.Study) -> list[dict]:
 
 def plan_key(params: dict) -> tuple:
     """A trial's plan as a key: its params but the KD settings (``ratio/...``; ``mean_ratio`` and ``share/...``
-    with ``--mean-ratio``; ``share/...`` with ``--target-params``), sorted."""
+    with ``--mean-ratio``; ``tilt/...`` with ``--target-params``), sorted."""
     kd = config_changes(params)
     return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
@@ -269,8 +275,8 @@ def finished_row(rows: list[dict]) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Images of the baseline's training set, of a screen's training split and of what a screen evaluates (the
-    held-out split and the test set, each within --val-subset): the JSON's keys of the same names."""
+    """Images of the baseline's training set, of a screen's training split and of what a screen evaluates (its
+    held-out split, within --val-subset; trials never see the test set): the JSON's keys of the same names."""
     train_images: int
     screen_images: int
     screen_eval_images: int
@@ -290,10 +296,9 @@ def split_sizes(recorded: dict) -> Sizes:
     whole = load_data(r.data, r.data_dir, r.download, 0, 0.0, 0, 0, r.image_size, r.synthetic_classes,
                       r.synthetic_train, synthetic_test=r.synthetic_test, augment=r.augment,
                       max_memory_gb=r.max_memory_gb, progress=False)
-    n_source, n_test = len(whole.train), len(whole.test)
-    trial, val = split_indices(n_source, r.seed, r.val_fraction, trial_train_subset(r), r.val_subset)
-    return Sizes(train_images=len(split_indices(n_source, r.seed, 0.0, r.train_subset)[0]),
-                 screen_images=len(trial), screen_eval_images=len(val) + min(n_test, r.val_subset or n_test))
+    trial, val = split_indices(len(whole.train), r.seed, r.val_fraction, trial_train_subset(r), r.val_subset)
+    return Sizes(train_images=len(split_indices(len(whole.train), r.seed, 0.0, r.train_subset)[0]),
+                 screen_images=len(trial), screen_eval_images=len(val))
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
@@ -324,6 +329,7 @@ class Seed:
     def __init__(self, args, seed: int):
         self.args, self.seed, self.root = args, seed, args.work / f"seed{seed}"
         self.run = Runner(args.clock, args.work / "seconds.json")
+        self.study_seconds: dict[str, float] = {}  # --clock seconds of each study's screening command
         self.storage, self.study_name = str(args.work / "studies.db"), f"seed{seed}"
         self.teacher = self.root / "teacher" / "check_points" / "step_000.pt"
         self.schedule = argv_of(seed=seed, steps=args.steps, ratio=args.ratio, epochs_per_step=args.epochs_per_step,
@@ -341,7 +347,7 @@ class Seed:
         params; else sizes sampled (``--mean-ratio``) or per-group ratios."""
         sizing = (argv_of(target_params=target_params) if target_params else
                   ["--mean-ratio"] if self.args.mean_ratio else [])
-        self.run(side, search_cli.main, "python -m search", merged(self.args.flags, self.schedule, argv_of(
+        self.study_seconds[study_name] = self.run(side, search_cli.main, "python -m search", merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
             prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler, space=self.args.space,
             trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)), sizing))
@@ -407,7 +413,9 @@ def run_seed(args, seed: int) -> dict:
         "epochs": {"baseline": sum(r["epochs"] for r in baseline), "search": round(screening + retrained_epochs, 4),
                    "search_screening": round(screening, 4), "search_retrain": retrained_epochs}}
     if args.fidelity and seed == 0:
-        result["fidelity"] = fidelity(s, screened(load_study(s.storage, s.study_name)), recorded, sizes)
+        first = studies[steps[0]]
+        result["fidelity"] = fidelity(s, first, models[steps[0]]["params"] if args.fit_budgets else 0,
+                                      screened(loaded[first]), recorded, sizes)
     seconds = s.run.seconds
     seconds["search"] = seconds["search_screening"] + seconds.get("search_retrain", 0.0)
     result.update(wall_s={k: round(v, 2) for k, v in seconds.items()}, commands=s.run.commands)
@@ -439,18 +447,21 @@ def split_trials(n: int, parts: int) -> list[int]:
     return [n // parts + (i < n % parts) for i in range(parts)]
 
 
-def fidelity(s: Seed, trials: list[dict], recorded: dict, sizes: Sizes) -> dict:
-    """Screening scores vs test top-1 after retraining (issue 12, item 2), over the study's first plans."""
+def fidelity(s: Seed, study_name: str, target_params: int, trials: list[dict], recorded: dict, sizes: Sizes
+             ) -> dict:
+    """Screening scores vs test top-1 after retraining (issue 12, item 2), over the first plans of study
+    ``study_name`` (with ``--fit-budgets``, the first budget's: plans of one size, fitted to ``target_params``)."""
     args = s.args
     plans = sorted(trials, key=lambda t: t["number"])[:args.fidelity]
-    epoch_study = f"{s.study_name}-epoch1"
+    epoch_study = f"{study_name}-epoch1"
     # The same widths, with the run's T and alpha (a recalibration screen samples no KD settings).
     kd = {"temperature": recorded["temperature"], "alpha": recorded["alpha"]}
     enqueue(s.storage, epoch_study, [{**dict(t["plan"]), **kd} for t in plans])
-    s.search("fidelity_epoch1", epoch_study, args.sampler, n_trials=len(plans), trial_epochs=1, bn_calib_batches=0)
+    s.search("fidelity_epoch1", epoch_study, args.sampler, target_params=target_params, n_trials=len(plans),
+             trial_epochs=1, bn_calib_batches=0)
     study = load_study(s.storage, epoch_study)
     by_plan = {t["plan"]: t for t in screened(study)}
-    retrained = s.retrain("fidelity_retrain", s.study_name, s.root / "fidelity_retrain",
+    retrained = s.retrain("fidelity_retrain", study_name, s.root / "fidelity_retrain",
                           [t["number"] for t in plans], prune_steps=1, epochs_per_step=args.fidelity_epochs,
                           final_epochs=0)
     final = {r["trial"]: r for r in retrained if r["step"] == 1}
@@ -458,16 +469,17 @@ def fidelity(s: Seed, trials: list[dict], recorded: dict, sizes: Sizes) -> dict:
              "epoch1_top1": by_plan[t["plan"]]["score"], "retrained_test_top1": final[t["number"]]["test_top1"]}
             for t in plans]
     target, size = [r["retrained_test_top1"] for r in rows], [r["params"] for r in rows]
-    costs = {"bn_recal": screen_cost(plans, s.run.seconds["search_screening"] / len(trials),
-                                     screen_epochs(recorded, sizes)),
+    costs = {"bn_recal": screen_cost(plans, s.study_seconds[study_name] / len(trials), screen_epochs(recorded, sizes)),
              "epoch1": screen_cost(list(by_plan.values()), s.run.seconds["fidelity_epoch1"] / len(by_plan),
                                    screen_epochs(study.user_attrs["config"], sizes))}
+    one_size = bool(target_params)  # plans within 1 % of one budget: size explains nothing, so no size terms
     for name, key in (("bn_recal", "bn_recal_top1"), ("epoch1", "epoch1_top1")):
         scores = [r[key] for r in rows]
-        costs[name].update(spearman=spearman(scores, target), spearman_given_params=partial_spearman(scores, target,
-                                                                                                     size))
+        costs[name].update(spearman=spearman(scores, target),
+                           spearman_given_params=None if one_size else partial_spearman(scores, target, size))
     return {"plans": len(rows), "retrain": f"one prune + {args.fidelity_epochs} KD epoch(s) on the whole training "
-            f"set (python -m search.retrain --prune-steps 1), test top-1", "spearman_params": spearman(size, target),
+            f"set (python -m search.retrain --prune-steps 1), test top-1",
+            "spearman_params": None if one_size else spearman(size, target),
             **costs, "bn_recal_vs_epoch1": {key: ratio(costs["bn_recal"][key], costs["epoch1"][key])
                                             for key in ("trial_wall_s", "screen_s", "seconds_per_trial",
                                                         "epoch_equivalents")},
@@ -599,8 +611,9 @@ def report(summary: dict, fidelity_result: dict | None, args) -> None:
                    "epoch_equivalents"]
         print_table([{"fidelity": name, **{k: f[name][k] for k in columns}} for name in ("bn_recal", "epoch1")],
                     ["fidelity", *columns],
-                    f"screening fidelity over {f['plans']} plans vs {f['retrain']} (Spearman of params alone: "
-                    f"{f['spearman_params']})")
+                    f"screening fidelity over {f['plans']} plans vs {f['retrain']} " + (
+                        "(all of one budget)" if f["spearman_params"] is None
+                        else f"(Spearman of params alone: {f['spearman_params']})"))
         print(f"BN recalibration / one epoch: {f['bn_recal_vs_epoch1']}")
 
 

@@ -108,12 +108,13 @@ class RunStore:
 
 def run_schedule(sess: Session, cfg, teacher: nn.Module, schedule: list[Step], store: RunStore | None,
                  start: nn.Module | None = None, stage_prefix: str = "", tb=None, label: str = "",
-                 ) -> tuple[nn.Module, list[dict]]:
+                 test: bool = True) -> tuple[nn.Module, list[dict]]:
     """Run the steps of ``schedule`` not yet done in ``store``; returns the last model and all rows.
 
     ``start`` is the model before step 1 (default: the teacher). With a ``store``, each step is measured,
     saved and resumable mid-step; without one (screening trials) only the last step is measured, and the
-    rows of the others carry their training columns alone.
+    rows of the others carry their training columns alone. ``test`` False: no test-set columns (a search
+    trial, scored on its held-out split; ``distill.pipeline.measure``).
     """
     rows = store.rows() if store is not None else []
     done = {int(r["step"]) for r in rows}
@@ -123,7 +124,7 @@ def run_schedule(sess: Session, cfg, teacher: nn.Module, schedule: list[Step], s
         if at != s.step - 1:  # resuming: the step before this one is on disk
             model = load_pruned(store.checkpoint(s.step - 1))[0]
         measured = store is not None or s is schedule[-1]
-        model, row = run_step(sess, cfg, teacher, model, s, store, stage_prefix, tb, measured)
+        model, row = run_step(sess, cfg, teacher, model, s, store, stage_prefix, tb, measured, test)
         at = s.step
         if store is not None:
             rows = store.commit(rows, row, model)
@@ -137,14 +138,17 @@ def run_schedule(sess: Session, cfg, teacher: nn.Module, schedule: list[Step], s
 
 
 def run_step(sess: Session, cfg, teacher: nn.Module, previous: nn.Module, s: Step, store: RunStore | None,
-             stage_prefix: str, tb, measured: bool) -> tuple[nn.Module, dict]:
+             stage_prefix: str, tb, measured: bool, test: bool) -> tuple[nn.Module, dict]:
     """Prune ``previous`` to ``s.widths`` (if any), recalibrate BatchNorm (``--bn-calib-batches``), retrain."""
     # Never train the teacher itself (closing epochs right after step 0, with --steps 0).
     student, prune_s = (copy.deepcopy(previous) if previous is teacher else previous), 0.0
     stage = f"{stage_prefix}step_{s.step:03d}"
-    # A step killed mid-training resumes from its partial checkpoint, which holds the pruned student.
-    resuming = store is not None and stage_checkpoint(store.partial, stage) is not None
-    if s.widths is not None and not resuming:
+    # A step killed mid-training resumes from its partial checkpoint, which holds the pruned student and
+    # the seconds its pruning took (read once, here, and handed to ``retrain``).
+    resume = None if store is None else stage_checkpoint(store.partial, stage)
+    if resume is not None:
+        prune_s = resume["meta"].get("prune_wall_s", 0.0)
+    elif s.widths is not None:
         student, prune_s = prune_step(previous, exact_ratios(channel_plan(previous), s.widths), cfg.backend,
                                       cfg.round_to, cfg.image_size)
         if cfg.bn_calib_batches:  # counted in prune_wall_s: part of what it costs to get a scorable plan
@@ -155,8 +159,9 @@ def run_step(sess: Session, cfg, teacher: nn.Module, previous: nn.Module, s: Ste
     student, metrics = retrain(sess, cfg, student, teacher, s.epochs, cfg.lr, stage,
                                None if store is None else store.partial, epoch_seed=1000 * s.step,
                                on_epoch=None if tb is None else tb.epoch_logger(stage),
-                               previous=None if s.widths is None else previous)
-    row = make_row(sess, student, s.step, s.phase, metrics, prune_s, measured)
+                               previous=None if s.widths is None else previous, resume_from=resume,
+                               meta={"prune_wall_s": prune_s})
+    row = make_row(sess, student, s.step, s.phase, metrics, prune_s, measured, test)
     if tb is not None and measured:
         tb.log_row(row)
     return row.pop("_model"), row

@@ -147,7 +147,8 @@ def stage_checkpoint(partial: Path | None, stage: str) -> dict | None:
 
 def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, epochs: int, lr: float,
             stage: str, partial: Path | None, epoch_seed: int, on_epoch=None,
-            previous: nn.Module | None = None) -> tuple[nn.Module, dict]:
+            previous: nn.Module | None = None, resume_from: dict | None = None,
+            meta: dict | None = None) -> tuple[nn.Module, dict]:
     """KD (or CE when ``teacher`` is None) retraining of ``student``, resumable from ``partial``.
 
     ``cfg`` is this run's (or this trial's) config: its ``--kd``, ``--temperature``, ``--alpha``, ``--beta``
@@ -156,13 +157,15 @@ def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, e
 
     If ``partial`` holds this ``stage``, its weights and optimizer replace the given student's and
     training continues after its epoch (``partial`` None: no mid-stage checkpoints, for search trials,
-    which restart from scratch anyway). Returns the trained student and its training metrics.
+    which restart from scratch anyway). ``resume_from``: that checkpoint, if the caller has read it already;
+    ``meta``: more fields for every partial checkpoint's meta (the engine's prune seconds, which a resumed
+    step reports). Returns the trained student and its training metrics.
     """
     rt = sess.rt
     # ``history``: per-epoch metrics of the stage, kept in the partial checkpoint so that a resumed stage
     # reports the same train_loss/epochs as an uninterrupted one, even when it is killed after its last epoch.
     resume, adapters, history = None, {}, []
-    ckpt = stage_checkpoint(partial, stage)
+    ckpt = resume_from if resume_from is not None else stage_checkpoint(partial, stage)
     if ckpt is not None:
         if not isinstance(ckpt["meta"].get("epoch"), int) or not isinstance(ckpt.get("optimizer"), dict):
             raise UserError(f"{partial} is not a mid-step checkpoint of this toolkit (no epoch or optimizer "
@@ -190,7 +193,7 @@ def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, e
     def checkpoint(epoch: int, metrics: dict, optimizer) -> None:
         history.append(metrics)
         if partial is not None:
-            save_pruned(partial, student, {"stage": stage, "epoch": epoch, "history": history},
+            save_pruned(partial, student, {**(meta or {}), "stage": stage, "epoch": epoch, "history": history},
                         optimizer=optimizer.state_dict(), adapters=distiller.adapters.state_dict())
         if on_epoch is not None:
             on_epoch(epoch, metrics)
@@ -241,18 +244,21 @@ def load_teacher_cache(sess: Session, cfg, teacher: nn.Module) -> TeacherCache |
     return sess.teacher_cache
 
 
-def measure(sess: Session, model: nn.Module) -> dict:
+def measure(sess: Session, model: nn.Module, test: bool = True) -> dict:
     """The size and accuracy columns of a results row (accuracies in percent).
 
-    ``test_top1``/``test_top5`` are always there: with ``--val-fraction 0`` validation *is* the test set
-    (the seed's protocol) and the same figures fill both, so every run reports test accuracy in one column.
+    ``test_top1``/``test_top5`` are there unless ``test`` is False: with ``--val-fraction 0`` validation *is*
+    the test set (the seed's protocol) and the same figures fill both, so every run reports test accuracy in
+    one column. A search trial passes False: it is scored on its held-out split, and the test set is for the
+    models ``search.retrain`` trains (issue 12: it was a third of a recalibration screen's time).
     """
     start = time.perf_counter()
     row = model_stats(model, sess.cfg.image_size)
     val = evaluate(model, sess.val_loader, sess.rt, "val")
     row.update({"val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"]})
-    test = val if sess.test_loader is None else evaluate(model, sess.test_loader, sess.rt, "test")
-    row.update({"test_top1": test["top1"], "test_top5": test["top5"]})
+    if test:
+        test_split = val if sess.test_loader is None else evaluate(model, sess.test_loader, sess.rt, "test")
+        row.update({"test_top1": test_split["top1"], "test_top5": test_split["top5"]})
     row["eval_wall_s"] = time.perf_counter() - start
     return row
 
@@ -283,10 +289,11 @@ def new_model(cfg, num_classes: int) -> nn.Module:
 
 
 def make_row(sess: Session, model: nn.Module, step: int, phase: str, metrics: dict, prune_wall_s: float,
-             measured: bool = True) -> dict:
+             measured: bool = True, test: bool = True) -> dict:
     """One pruning_logs.csv row; ``_model`` carries the model to the caller, which saves it first.
-    ``measured`` False leaves out the size and accuracy columns (a screening trial's inner sub-steps)."""
-    row = {"step": step, "phase": phase, **(measure(sess, model) if measured else {})}
+    ``measured`` False leaves out the size and accuracy columns (a screening trial's inner sub-steps);
+    ``test`` False, the test set's (``measure``)."""
+    row = {"step": step, "phase": phase, **(measure(sess, model, test) if measured else {})}
     row.update({k: metrics[k] for k in ("train_loss", "train_ce", "train_kd", "train_top1") if k in metrics})
     row["epochs"] = metrics.get("epochs", 0)
     row["train_wall_s"] = metrics.get("wall_s", 0.0)

@@ -37,7 +37,7 @@ from pruning.errors import UserError, run_cli
 from pruning.model import build_resnet50, channel_plan
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import lock_path, prepare_teacher
-from search.space import PlanSize, baseline_plans, budget_steps, check_target
+from search.space import TILT, PlanSize, baseline_plans, budget_steps, check_target
 from search.storage import file_lock, open_storage, redact
 from search.worker import spawn_workers, work
 
@@ -73,6 +73,9 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
                 raise UserError(f"study {cfg.study_name!r} was run with a different config ({shown}); use another "
                                 f"--study-name, or --force to continue it anyway")
+        if cfg.target_params and any(name.startswith("share/") for t in study.trials for name in t.params):
+            raise UserError(f"study {cfg.study_name!r} was screened with shares (share/<group>), before "
+                            f"--target-params sampled tilts (tilt/<group>); use another --study-name")
         if recorded is None or cfg.force:
             study.set_metric_names(["accuracy", cfg.cost_name])
             study.set_user_attr("config", config_dict(cfg))
@@ -83,8 +86,10 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
             study.enqueue_trial(params, skip_if_exists=True)
         expected = min(1, cfg.steps) if cfg.target_params else len(budget_steps(cfg.steps))
         if len(plans) < expected:
-            print(f"{expected - len(plans)} of the baseline's plans are outside this space (beyond --max-ratio, or "
-                  f"--ratios differing within a --space {cfg.space} group): not enqueued", flush=True)
+            print(f"{expected - len(plans)} of the baseline's plans are outside this space (beyond --max-ratio, "
+                  f"--ratios differing within a --space {cfg.space} group, or with --target-params widths that no "
+                  f"tilts in [{TILT[0]:g}, {TILT[1]:g}] give exactly, such as a layer kept whole): not enqueued",
+                  flush=True)
     return study
 
 
@@ -102,12 +107,12 @@ def print_front(cfg: SearchConfig, study: optuna.Study) -> None:
     """The Pareto front, cheapest first, and the commands that come next."""
     front = sorted(study.best_trials, key=lambda t: t.values[1])
     print(f"Pareto front of {cfg.study_name!r} ({len(front)} of {len(study.trials)} trials; accuracy on the "
-          f"held-out split, test accuracy for reference):")
+          f"held-out split: trials never see the test set, the retrained models do):")
     for t in front:
-        a, cost = t.user_attrs, t.values[1]
+        cost = t.values[1]
         shown = f"{cost:.3f}" if cfg.objective_cost == "latency" else f"{cost:,.0f}"
-        print(f"  trial {t.number:>3}: {cfg.cost_name} {shown} | val top-1 {t.values[0]:.2f}% | test top-1 "
-              f"{a.get('test_top1', float('nan')):.2f}% | {a.get('checkpoint') or 'no checkpoint'}")
+        print(f"  trial {t.number:>3}: {cfg.cost_name} {shown} | val top-1 {t.values[0]:.2f}% | "
+              f"{t.user_attrs.get('checkpoint') or 'no checkpoint'}")
     storage = redact(cfg.storage)
     print(f"browse: optuna-dashboard {storage} | retrain: python -m search.retrain --study-name {cfg.study_name} "
           f"--storage {storage} --trials front")

@@ -51,8 +51,9 @@ class SearchConfig(RunConfig, StudyFields):
                                   "it (share/<group>), so plans of all sizes get sampled")
     # Issue 12: a study for one budget. Sampled sizes spread a study's screens over the whole front, so a
     # budget's 10 % window held 1-6 of 30 screens, and at 25 % of the channels only the baseline's own plan.
-    target_params: int = opt(0, "screen every plan at this budget: each trial's shares (share/<group>) are "
-                                "scaled to the largest plan of at most this many params (0 = sizes sampled)")
+    target_params: int = opt(0, "screen every plan at this budget: each trial's tilts (tilt/<group>, log-odds "
+                                "of its ratio) set the shape of the largest plan of at most this many params "
+                                "(0 = sizes sampled)")
     search_kd: bool = opt(False, "also search the KD loss (--kd choices), --beta and --dkd-beta (log scale)")
     # --- objectives and budgets ---
     objective_cost: str = opt("params", "second objective, minimised: params, flops (MACs) or latency (ms, batch 1, "

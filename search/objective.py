@@ -116,7 +116,7 @@ class Objective:
         schedule = plan_schedule(self.dense, target, cfg.prune_steps, cfg.trial_epochs, 0, cfg.round_to)
         # No store: no partial checkpoints; a trial whose worker dies is retried from scratch (search.storage).
         model, rows = run_schedule(self.sess, cfg, self.teacher, schedule, None, stage_prefix=f"trial_{trial.number}_",
-                                   label=f"trial {trial.number}")
+                                   label=f"trial {trial.number}", test=False)
         row = {**rows[-1], **totals(rows)}
         if cfg.objective_cost == "latency":
             batch = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=self.sess.rt.device)
@@ -131,7 +131,7 @@ class Objective:
             row["teacher_val_overlap"] = self.teacher_overlap
         record(trial, row, cfg)
         print(f"trial {trial.number}: params {row['params']:,} | flops {row['flops']:,} | val top-1 "
-              f"{row['val_top1']:.2f}% | test top-1 {row['test_top1']:.2f}% | T {cfg.temperature:.2f}"
+              f"{row['val_top1']:.2f}% | T {cfg.temperature:.2f}"
               f" alpha {cfg.alpha:.2f} | {row['wall_s']:.0f}s", flush=True)
         return row["val_top1"], row[cfg.cost_name]
 

@@ -6,12 +6,14 @@ Param names: ``ratio/<layer>`` (``--space layer``, e.g. ``ratio/layer3.2.conv1``
 With ``--mean-ratio`` the ratios come from ``mean_ratio`` (their mean over the layers before the cap) and
 ``share/<group>`` (each group's weight in [0, 1]): a layer's ratio is ``mean_ratio x share / mean share``, at
 most ``--max-ratio``; capped layers do not pass their excess on, so the plan's mean can be lower. With
-``--target-params N`` the shares alone are params: each plan is scaled to the largest one of at most N params
-(``fit_ratios``), so every trial spends its screen at the budget.
+``--target-params N`` each group's ``tilt/<group>`` in [-3, 3] is the only param: a layer's ratio is
+``max_ratio x sigmoid(offset + tilt)``, the one offset found so that the plan is the largest of at most N
+params (``fit_ratios``): every trial spends its screen at the budget, and its tilts set the plan's shape there.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import optuna
@@ -32,9 +34,18 @@ BETA = (1.0, 1e4)
 # alpha already sets CE against the whole DKD term, so alpha and dkd_beta span every CE:TCKD:NCKD ratio.
 DKD_BETA = (0.5, 16.0)
 MEAN = "mean_ratio"  # --mean-ratio: the mean of the layers' ratios (before the cap), one param
-# Shares below this count as 0: a layer that a scale of a million would not prune fully stays dense, and
-# --target-params' bisection keeps a finite range (a share of 1e-300 would make it infinite).
+# --mean-ratio: shares below this count as 0 (a layer that a scale of a million would not prune fully stays
+# dense).
 SHARE_FLOOR = 1e-6
+# --target-params: a group's tilt is its ratio's log-odds (of --max-ratio) relative to the plan's offset. Shares
+# (ratio = scale x share, capped) were used first; at 25 % of the params the scale capped every group but the
+# least-shared one, so 5 of 12 random screens of one study were the same plan (issue 12). Log-odds never cap:
+# plans of different tilts differ at every budget. +-3 spans the stage plans that won there, which kept 3.5x
+# the uniform plan's layer1 channels while pruning the rest further (a log-odds difference of ~3.5).
+TILT = (-3.0, 3.0)
+# The offset's bisection range: at -40 a ratio is below 1e-16, which removes no channel (the teacher's widths);
+# at +40, sigmoid(37) is 1.0 in float64: every layer at exactly --max-ratio (``check_target``'s smallest plan).
+OFFSET = 40.0
 KD_CHOICES = next(f for f in dataclasses.fields(RunConfig) if f.name == "kd").metadata["choices"]
 
 
@@ -47,7 +58,8 @@ def group_of(layer: str, space: str) -> str:
 
 
 def ratio_params(layers: list[str], space: str, prefix: str = "ratio") -> list[str]:
-    """Names of the per-group params of ``space`` (``ratio/<group>``, or ``share/<group>``), in layer order."""
+    """Names of the per-group params of ``space`` (``ratio/<group>``, ``share/<group>`` or ``tilt/<group>``), in
+    layer order."""
     return list(dict.fromkeys(f"{prefix}/{group_of(layer, space)}" for layer in layers))
 
 
@@ -58,7 +70,8 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
     if cfg.target_params:
         if size is None:
             raise TypeError("suggest: --target-params needs the teacher's PlanSize")
-        ratios = fit_ratios(suggest_shares(trial, layers, cfg.space), layers, cfg, size)
+        tilts = {name: trial.suggest_float(name, *TILT) for name in ratio_params(layers, cfg.space, "tilt")}
+        ratios = fit_ratios(tilts, layers, cfg, size)
     else:
         if cfg.mean_ratio:
             values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio), **suggest_shares(trial, layers, cfg.space)}
@@ -118,30 +131,47 @@ def check_target(cfg, size: PlanSize) -> None:
 
 
 def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str, float]:
-    """--target-params: the largest plan of at most ``cfg.target_params`` params in the direction of the
-    trial's ``share/<group>`` params: layer ratios ``scale x share`` (at most --max-ratio), the scale found by
-    bisection. A capped layer stops while the others go on, so the plan reaches any budget its uncapped layers
-    can; with shares equal to a plan's own ratios (``baseline_plans``) and its size as target, it is that plan.
-    """
-    shares = layer_shares(params, layers, cfg.space)
+    """--target-params: the largest plan of at most ``cfg.target_params`` params of the trial's shape, its
+    ``tilt/<group>`` params: layer ratios ``max_ratio x sigmoid(offset + tilt)``, the offset found by bisection.
+    Equal tilts give one ratio for all layers; tilts set to ``tilt_of`` a plan's ratios, with its size as
+    target, give that plan (``baseline_plans``)."""
+    tilts = {layer: params[f"tilt/{group_of(layer, cfg.space)}"] for layer in layers}
 
-    def ratios(scale: float) -> dict[str, float]:
-        return {layer: min(cfg.max_ratio, scale * share) for layer, share in shares.items()}
+    def ratios(offset: float) -> dict[str, float]:
+        return {layer: cfg.max_ratio / (1.0 + math.exp(-(offset + tilt))) for layer, tilt in tilts.items()}
 
-    def params_at(scale: float) -> int:
-        return size.count(target_plan(size.dense, ratios(scale), cfg.round_to))
+    def params_at(offset: float) -> int:
+        return size.count(target_plan(size.dense, ratios(offset), cfg.round_to))
 
-    low, high = 0.0, cfg.max_ratio / min(s for s in shares.values() if s > 0)  # high: every shared layer capped
-    if params_at(high) > cfg.target_params:
-        raise UserError(f"--target-params {cfg.target_params:,}: this trial's shares keep at least "
-                        f"{params_at(high):,} params at --max-ratio {cfg.max_ratio} (layers of share 0 are not "
-                        f"pruned)")
+    check_target(cfg, size)  # the upper end, every layer at --max-ratio, fits: the bisection's invariant
+    low, high = -OFFSET, OFFSET
     if params_at(low) <= cfg.target_params:
         return ratios(low)
-    for _ in range(60):  # params_at only falls as the scale grows: keep ``high`` feasible
+    for _ in range(60):  # params_at only falls as the offset grows: keep ``high`` feasible
         middle = (low + high) / 2
         low, high = (low, middle) if params_at(middle) <= cfg.target_params else (middle, high)
     return ratios(high)
+
+
+def tilt_of(ratio: float, max_ratio: float) -> float:
+    """The tilt whose layer ratio is ``ratio`` at offset 0 (the inverse of ``fit_ratios``' sigmoid)."""
+    return math.log(ratio / (max_ratio - ratio))
+
+
+def as_tilts(ratios: dict[str, float], plan: dict[str, int], cfg, size: PlanSize) -> dict[str, float] | None:
+    """A plan's per-group ``ratios`` as ``tilt/<group>`` params: their log-odds, centred (the offset is fitted;
+    only differences are the shape). None unless they lie within TILT and, fitted to the plan's own size, give
+    exactly its widths (a layer kept whole, ratio 0, is a tilt of -inf: outside the space)."""
+    if not all(0.0 < ratio < cfg.max_ratio for ratio in ratios.values()):
+        return None
+    tilts = {group: tilt_of(ratio, cfg.max_ratio) for group, ratio in ratios.items()}
+    centre = sum(tilts.values()) / len(tilts)
+    params = {f"tilt/{group}": tilt - centre for group, tilt in tilts.items()}
+    if not all(TILT[0] <= tilt <= TILT[1] for tilt in params.values()):
+        return None
+    own = dataclasses.replace(cfg, target_params=size.count(plan))
+    fitted = target_plan(size.dense, fit_ratios(params, list(size.dense), own, size), cfg.round_to)
+    return params if fitted == plan else None
 
 
 def config_changes(params: dict) -> dict:
@@ -163,8 +193,9 @@ def baseline_plans(cfg, dense: dict[str, int], size: PlanSize | None = None) -> 
     meets the baseline at exactly its widths (issue 11). In ``stage``/``block`` spaces one ratio serves
     every layer of the group (the layers of a stage have the same dense width); a plan whose layers of
     one group differ is outside the space and left out, as is one beyond ``--max-ratio``. With
-    --target-params (``size`` needed) only the plan nearest the target in params, as shares: scaled to the
-    target, it keeps its proportions, and at its own size it is exactly the baseline's plan.
+    --target-params (``size`` needed) only the plan nearest the target in params, as tilts (``as_tilts``):
+    fitted to the target it keeps its shape, and at its own size it is exactly the baseline's plan; one that
+    the tilts cannot give exactly is left out.
     """
     plans = uniform_plans(dense, load_ratios(cfg.ratios, list(dense), cfg.ratio), cfg.steps, cfg.round_to)
     steps = budget_steps(cfg.steps)
@@ -172,7 +203,7 @@ def baseline_plans(cfg, dense: dict[str, int], size: PlanSize | None = None) -> 
         if size is None:
             raise TypeError("baseline_plans: --target-params needs the teacher's PlanSize")
         steps = [min(steps, key=lambda k: abs(size.count(plans[k - 1]) - cfg.target_params))] if steps else []
-    prefix = "share" if cfg.mean_ratio or cfg.target_params else "ratio"
+    prefix = "share" if cfg.mean_ratio else "ratio"
     chosen = []
     for k in steps:
         ratios = exact_ratios(dense, plans[k - 1])
@@ -181,7 +212,10 @@ def baseline_plans(cfg, dense: dict[str, int], size: PlanSize | None = None) -> 
             groups.setdefault(group_of(layer, cfg.space), ratio)
         if any(groups[group_of(layer, cfg.space)] != ratio for layer, ratio in ratios.items()):
             continue  # a --ratios file that differs within a stage (block) is outside a stage (block) space
-        params = {f"{prefix}/{group}": ratio for group, ratio in groups.items()}
+        params = (as_tilts(groups, plans[k - 1], cfg, size) if cfg.target_params else
+                  {f"{prefix}/{group}": value for group, value in groups.items()})
+        if params is None:
+            continue
         if 0.0 < max(ratios.values()) <= cfg.max_ratio:
             if cfg.mean_ratio:  # shares equal to the ratios, scaled by their own mean: the ratios themselves
                 params[MEAN] = sum(ratios.values()) / len(ratios)

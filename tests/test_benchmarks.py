@@ -131,10 +131,10 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     epochs = result["epochs"]
     assert epochs["baseline"] == steps + final
     assert epochs["search_retrain"] == sum(b["baseline_epochs"] for b in seed["budgets"])
-    # screens: one BN-calibration batch of 32 of the search's training split and 5 held-out + 5 test images,
-    # one forward each, in epochs of the whole set at 4 passes per image
-    assert seed["screen_eval_images"] == 5 + 5
-    screen_passes = seed["trials"] * (32 + 10)
+    # screens: one BN-calibration batch of 32 of the search's training split and 5 held-out images (no test
+    # images: trials never see the test set), one forward each, in epochs of the whole set at 4 passes per image
+    assert seed["screen_eval_images"] == 5
+    screen_passes = seed["trials"] * (32 + 5)
     assert epochs["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
     study = load_study(str(work / "studies.db"), "seed0")
     assert study.user_attrs["config"]["mean_ratio"] and all("mean_ratio" in t.params for t in study.trials)
@@ -156,10 +156,12 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
 
 def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
     """The default: one study per budget, --n-trials split between them, each plan fitted to the budget
-    (python -m search --target-params), the baseline's own plan among them; all screens count."""
+    (python -m search --target-params), the baseline's own plan among them; all screens count. The fidelity
+    check then ranks the first budget's plans: all of one size."""
     work = tmp_path / "work"
-    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5")
-    assert result["fit_budgets"] is True and result["space"] == "stage" and result["fidelity"] is None
+    flags = ("--work", str(work), "--screen-subset", "5", "--n-trials", "6", "--fidelity", "3")
+    result = run_smoke(search_vs_baseline, tmp_path, *flags)
+    assert result["fit_budgets"] is True and result["space"] == "stage"
     baseline = {r["step"]: r for r in read_csv(work / "seed0" / "baseline" / "pruning_logs.csv")}
     seed = result["per_seed"][0]
     for b in seed["budgets"]:
@@ -167,19 +169,34 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
         assert b["study"] == f"seed0-k{b['step']}" and study.user_attrs["config"]["target_params"] == b["budget_params"]
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         assert len(done) == result["n_trials"] // 2 == b["candidates"]  # every screen within the budget's window
-        assert all(set(t.params) == {f"share/layer{i}" for i in range(1, 5)} for t in done)
+        assert all(set(t.params) == {f"tilt/layer{i}" for i in range(1, 5)} for t in done)
         widths = {c: v for c, v in baseline[b["step"]].items() if c.startswith("ch/")}
         assert {c: v for c, v in done[0].user_attrs.items() if c.startswith("ch/")} == widths  # enqueued: its own
         assert b["search_params"] <= b["budget_params"]
     assert seed["trials"] == result["n_trials"]  # both studies' screens
-    screen_passes = seed["trials"] * (32 + 10)
+    screen_passes = seed["trials"] * (32 + 5)
     assert result["epochs"]["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
-    again = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5")
+    first = seed["budgets"][0]
+    fidelity = result["fidelity"]
+    rows = fidelity["rows"]
+    assert fidelity["plans"] == len(rows) == 3 and rows[0]["params"] == first["budget_params"]  # the baseline's own
+    assert all(0.99 * first["budget_params"] <= r["params"] <= first["budget_params"] for r in rows)
+    assert fidelity["spearman_params"] is None and fidelity["bn_recal"]["spearman_given_params"] is None  # one size
+    epoch1 = load_study(str(work / "studies.db"), f"{first['study']}-epoch1")
+    assert epoch1.user_attrs["config"]["target_params"] == first["budget_params"]
+    assert sorted(t.user_attrs["params"] for t in epoch1.trials) == sorted(r["params"] for r in fidelity["rows"])
+    again = run_smoke(search_vs_baseline, tmp_path, *flags)
     # a rerun resumes every command; it reports the seconds the work took, not the resume's
     assert again["per_seed"][0]["wall_s"] == seed["wall_s"] and again["budgets"] == result["budgets"]
+
+
+def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_screens(tmp_path, capsys):
+    parse = lambda *flags: search_vs_baseline.parse_args(["--smoke", "--work", str(tmp_path), *flags])
+    assert parse().n_trials == search_vs_baseline.SMOKE["n_trials"] and parse("--n-trials", "6").n_trials == 6
     with pytest.raises(SystemExit) as exc:
-        search_vs_baseline.main(["--smoke", "--fidelity", "3"])
+        search_vs_baseline.main(["--smoke", "--fidelity", "3"])  # 4 screens over 2 budgets: 2 in the first study
     assert exc.value.code == 2
+    assert "--fidelity needs at least 3 screens in the first budget's study, which gets 2" in capsys.readouterr().err
 
 
 def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():

@@ -15,7 +15,7 @@ from distill.engine import RunStore, Step, matching_steps, plan_schedule, run_sc
 from distill.pipeline import check_teacher_data, open_session, provenance
 from distill.results import write_csv
 from distill.trainer import recalibrate_bn
-from pruning.checkpoint import save_pruned
+from pruning.checkpoint import load_checkpoint, save_pruned
 from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import target_plan, uniform_plans
@@ -136,7 +136,8 @@ def test_closing_epochs_right_after_the_teacher_never_train_the_teacher_itself(t
 
 
 def test_a_step_killed_mid_training_resumes_without_pruning_again(tiny_cfg, tmp_path, monkeypatch):
-    """The partial checkpoint holds the pruned student: pruning the previous model again is thrown away."""
+    """The partial checkpoint holds the pruned student and its pruning's seconds: pruning the previous model
+    again is thrown away; the checkpoint is read once."""
     sess = open_session(tiny_cfg)
     teacher = build_resnet50(4)
     schedule = uniform_schedule(channel_plan(teacher), {n: 0.5 for n in channel_plan(teacher)}, 1, 2, 0)
@@ -146,10 +147,14 @@ def test_a_step_killed_mid_training_resumes_without_pruning_again(tiny_cfg, tmp_
     store.partial.parent.mkdir(parents=True)
     student, _ = distill.pipeline.prune_step(teacher, {n: 0.5 for n in channel_plan(teacher)}, "torch-pruning", 1, 32)
     history = [{"train_loss": 1.0, "wall_s": 0.5, "images": 64}]
-    save_pruned(store.partial, student, {"stage": "step_001", "epoch": 1, "history": history},
+    save_pruned(store.partial, student, {"stage": "step_001", "epoch": 1, "history": history, "prune_wall_s": 0.25},
                 optimizer=torch.optim.Adam(student.parameters()).state_dict())
+    reads = []
+    monkeypatch.setattr(distill.pipeline, "load_checkpoint",
+                        lambda path: reads.append(path) or load_checkpoint(path))
     model, rows = run_schedule(sess, tiny_cfg, teacher, schedule, store)
-    assert pruned == [] and rows[-1]["prune_wall_s"] == 0.0 and rows[-1]["epochs"] == 2
+    assert pruned == [] and rows[-1]["prune_wall_s"] == 0.25 and rows[-1]["epochs"] == 2
+    assert reads == [store.partial]
     assert channel_plan(model) == schedule[0].widths
     store.partial.unlink(missing_ok=True)
     run_schedule(sess, tiny_cfg, teacher, schedule, RunStore(tmp_path / "fresh"))

@@ -102,7 +102,7 @@ KILLS = [
     ("checkpoint_replace:2", lambda out: not (out / CHECKPOINTS / "step_000.pt").exists()
         and any((out / CHECKPOINTS).glob(".step_000.pt.*.tmp")) and not (out / "pruning_logs.csv").exists()),
     ("prune_step:1", lambda out: steps_of(out) == [0] and not (out / CHECKPOINTS / "step_001.pt").exists()),
-    ("epoch_end:1", lambda out: steps_of(out) == [0]
+    ("epoch_end:1", lambda out: steps_of(out) == [0] and partial_meta(out)["prune_wall_s"] > 0
         and (partial_meta(out)["stage"], partial_meta(out)["epoch"]) == ("step_001", 1)),
     # step_001.pt is saved, its CSV row is not: the rerun must redo step 1, not skip it.
     ("csv_replace:1", lambda out: steps_of(out) == [0] and (out / CHECKPOINTS / "step_001.pt").exists()),

@@ -34,14 +34,14 @@ from search.__main__ import main
 from search.config import SearchConfig
 from search.retrain import main as retrain_main
 from search.space import layer_ratios
-from search.storage import load_study
+from search.storage import load_study, open_storage
 
 # Torch-Pruning gives NNI's channels ~10x faster (issue 5); NNI when it is not installed.
 BACKEND = "torch-pruning" if importlib.util.find_spec("torch_pruning") else "nni"
 SEARCH = {**TINY, "backend": BACKEND, "trial_epochs": 1, "trial_subset": 16, "keep_checkpoints": "none",
           "study_name": "tiny", "storage": "studies.db", "out": "runs"}
 DENSE = channel_plan(build_resnet50(2))
-ATTRS = {"params", "size_mb", "flops", "val_top1", "val_top5", "test_top1", "test_top5", "prune_wall_s",
+ATTRS = {"params", "size_mb", "flops", "val_top1", "val_top5", "prune_wall_s",
          "train_wall_s", "eval_wall_s", "wall_s", "checkpoint"} | {f"ch/{layer}" for layer in DENSE}
 
 
@@ -87,6 +87,7 @@ def test_study_has_two_named_objectives_and_records_every_trial(searched):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for t in trials:
         assert ATTRS <= set(t.user_attrs)
+        assert not {"test_top1", "test_top5"} & set(t.user_attrs)  # scored on the held-out split; no test set
         assert t.values == [t.user_attrs["val_top1"], t.user_attrs["params"]]  # held-out accuracy, params
         assert {"temperature", "alpha"} <= set(t.params)
 
@@ -249,3 +250,16 @@ def test_optuna_dashboard_lists_the_study(searched):
     assert study["study_name"] == "tiny" and study["directions"] == ["maximize", "minimize"]
     assert detail["objective_names"] == ["accuracy", "params"] and len(detail["trials"]) == 3
     assert {"val_top1", "params", "ch/layer1.0.conv1"} <= {a["key"] for a in detail["union_user_attrs"]}
+
+
+def test_a_study_screened_with_shares_is_not_continued_with_tilts(tmp_path, teacher_file, capsys):
+    """--target-params sampled share/<group> before 2026-12-01: a GP over a mix of both would fit neither."""
+    storage = str(tmp_path / "studies.db")
+    study = optuna.create_study(study_name="old", storage=open_storage(storage), directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[50.0, 1e7], params={"share/layer1": 0.5},
+                                              distributions={"share/layer1": optuna.distributions.FloatDistribution(0, 1)}))
+    with contextlib.chdir(tmp_path), pytest.raises(SystemExit) as exc:
+        main(argv(study_name="old", storage=storage, teacher=teacher_file, target_params=10_000_000, space="stage",
+                  trial_epochs=0, bn_calib_batches=1))
+    assert exc.value.code == 2 and "was screened with shares (share/<group>)" in capsys.readouterr().err
+    assert len(load_study(storage, "old").trials) == 1  # nothing added

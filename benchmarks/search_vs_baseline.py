@@ -237,11 +237,12 @@ class Runner:
 
 
 def screened(study: optuna.Study) -> list[dict]:
-    """The COMPLETE trials as rows: number, ``plan`` (``plan_key``), params, screening top-1 (``score``) and the
-    trial's timings."""
+    """The COMPLETE trials as rows: number, ``plan`` (``plan_key``), params, screening top-1 (``score``), held-out
+    loss (``val_loss``) and the trial's timings."""
     return [{"number": t.number, "plan": plan_key(t.params),
              "score": t.values[0],
-             **{k: t.user_attrs.get(k) for k in ("params", "wall_s", "train_wall_s", "prune_wall_s", "eval_wall_s")}}
+             **{k: t.user_attrs.get(k) for k in ("params", "val_loss", "wall_s", "train_wall_s", "prune_wall_s",
+                                                 "eval_wall_s")}}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
@@ -465,17 +466,19 @@ def fidelity(s: Seed, study_name: str, target_params: int, trials: list[dict], r
                           [t["number"] for t in plans], prune_steps=1, epochs_per_step=args.fidelity_epochs,
                           final_epochs=0)
     final = {r["trial"]: r for r in retrained if r["step"] == 1}
-    rows = [{"trial": t["number"], "params": t["params"], "bn_recal_top1": t["score"],
-             "epoch1_top1": by_plan[t["plan"]]["score"], "retrained_test_top1": final[t["number"]]["test_top1"]}
-            for t in plans]
+    rows = [{"trial": t["number"], "params": t["params"], "bn_recal_top1": t["score"], "bn_recal_val_loss": t["val_loss"],
+             "epoch1_top1": by_plan[t["plan"]]["score"], "epoch1_val_loss": by_plan[t["plan"]]["val_loss"],
+             "retrained_test_top1": final[t["number"]]["test_top1"]} for t in plans]
     target, size = [r["retrained_test_top1"] for r in rows], [r["params"] for r in rows]
     costs = {"bn_recal": screen_cost(plans, s.study_seconds[study_name] / len(trials), screen_epochs(recorded, sizes)),
              "epoch1": screen_cost(list(by_plan.values()), s.run.seconds["fidelity_epoch1"] / len(by_plan),
                                    screen_epochs(study.user_attrs["config"], sizes))}
     one_size = bool(target_params)  # plans within 1 % of one budget: size explains nothing, so no size terms
-    for name, key in (("bn_recal", "bn_recal_top1"), ("epoch1", "epoch1_top1")):
-        scores = [r[key] for r in rows]
+    for name in ("bn_recal", "epoch1"):
+        scores = [r[f"{name}_top1"] for r in rows]
+        # the held-out loss as the score (lower is better): a finer signal than top-1 on a few hundred images
         costs[name].update(spearman=spearman(scores, target),
+                           spearman_val_loss=spearman([-r[f"{name}_val_loss"] for r in rows], target),
                            spearman_given_params=None if one_size else partial_spearman(scores, target, size))
     return {"plans": len(rows), "retrain": f"one prune + {args.fidelity_epochs} KD epoch(s) on the whole training "
             f"set (python -m search.retrain --prune-steps 1), test top-1",
@@ -607,8 +610,8 @@ def report(summary: dict, fidelity_result: dict | None, args) -> None:
                                                  and v is not None))
     if fidelity_result:
         f = fidelity_result
-        columns = ["spearman", "spearman_given_params", "trial_wall_s", "screen_s", "seconds_per_trial",
-                   "epoch_equivalents"]
+        columns = ["spearman", "spearman_val_loss", "spearman_given_params", "trial_wall_s", "screen_s",
+                   "seconds_per_trial", "epoch_equivalents"]
         print_table([{"fidelity": name, **{k: f[name][k] for k in columns}} for name in ("bn_recal", "epoch1")],
                     ["fidelity", *columns],
                     f"screening fidelity over {f['plans']} plans vs {f['retrain']} " + (

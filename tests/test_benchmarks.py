@@ -182,6 +182,10 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
     assert fidelity["plans"] == len(rows) == 3 and rows[0]["params"] == first["budget_params"]  # the baseline's own
     assert all(0.99 * first["budget_params"] <= r["params"] <= first["budget_params"] for r in rows)
     assert fidelity["spearman_params"] is None and fidelity["bn_recal"]["spearman_given_params"] is None  # one size
+    loss = {t.number: t.user_attrs["val_loss"] for t in load_study(str(work / "studies.db"), first["study"]).trials}
+    assert [r["bn_recal_val_loss"] for r in rows] == [loss[r["trial"]] for r in rows]
+    assert fidelity["bn_recal"]["spearman_val_loss"] == search_vs_baseline.spearman(  # lower loss ranks higher
+        [-loss[r["trial"]] for r in rows], [r["retrained_test_top1"] for r in rows])
     epoch1 = load_study(str(work / "studies.db"), f"{first['study']}-epoch1")
     assert epoch1.user_attrs["config"]["target_params"] == first["budget_params"]
     assert sorted(t.user_attrs["params"] for t in epoch1.trials) == sorted(r["params"] for r in fidelity["rows"])

@@ -37,9 +37,9 @@ image costs ``TRAIN_PASSES`` = 4 (the student's forward and backward, the teache
 recalibration or evaluation image 1 (a full-width forward: this overstates screening a little). A screen's
 evaluation (its held-out split, within ``--screen-subset``; trials never see the test set) is search-only work
 and counts; the evaluation of the models both sides train does not, and the teacher is shared, counted on
-neither side. The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock`` (cpu: this
-process's CPU time, steadier on a shared machine with ``--threads 1``); a rerun reports each finished command's
-recorded seconds (``<work>/seconds.json``), not its resume.
+neither side. The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock``
+(cpu: this process's CPU time, steadier on a shared machine with ``--threads 1``); a rerun reports each finished
+command's recorded seconds (``<work>/seconds.json``), not its resume.
 """
 from __future__ import annotations
 
@@ -348,10 +348,11 @@ class Seed:
         params; else sizes sampled (``--mean-ratio``) or per-group ratios."""
         sizing = (argv_of(target_params=target_params) if target_params else
                   ["--mean-ratio"] if self.args.mean_ratio else [])
-        self.study_seconds[study_name] = self.run(side, search_cli.main, "python -m search", merged(self.args.flags, self.schedule, argv_of(
+        argv = merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
             prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler, space=self.args.space,
-            trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)), sizing))
+            trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)), sizing)
+        self.study_seconds[study_name] = self.run(side, search_cli.main, "python -m search", argv)
 
     def retrain(self, side: str, study_name: str, out: Path, trials: list[int], **protocol) -> list[dict]:
         """``python -m search.retrain`` of ``trials`` of study ``study_name`` with ``protocol`` and the run flags
@@ -466,9 +467,10 @@ def fidelity(s: Seed, study_name: str, target_params: int, trials: list[dict], r
                           [t["number"] for t in plans], prune_steps=1, epochs_per_step=args.fidelity_epochs,
                           final_epochs=0)
     final = {r["trial"]: r for r in retrained if r["step"] == 1}
-    rows = [{"trial": t["number"], "params": t["params"], "bn_recal_top1": t["score"], "bn_recal_val_loss": t["val_loss"],
-             "epoch1_top1": by_plan[t["plan"]]["score"], "epoch1_val_loss": by_plan[t["plan"]]["val_loss"],
-             "retrained_test_top1": final[t["number"]]["test_top1"]} for t in plans]
+    rows = [{"trial": t["number"], "params": t["params"], "bn_recal_top1": t["score"],
+             "bn_recal_val_loss": t["val_loss"], "epoch1_top1": by_plan[t["plan"]]["score"],
+             "epoch1_val_loss": by_plan[t["plan"]]["val_loss"], "retrained_test_top1": final[t["number"]]["test_top1"]}
+            for t in plans]
     target, size = [r["retrained_test_top1"] for r in rows], [r["params"] for r in rows]
     costs = {"bn_recal": screen_cost(plans, s.study_seconds[study_name] / len(trials), screen_epochs(recorded, sizes)),
              "epoch1": screen_cost(list(by_plan.values()), s.run.seconds["fidelity_epoch1"] / len(by_plan),

@@ -354,7 +354,8 @@ def hover_text(row: pd.Series, layers: list[str]) -> str:
     lines = [f"<b>trial {row['number']}</b>" + (" (Pareto front)" if row.get("pareto") else ""),
              f"screening: held-out val top-1 {fmt(get(ACCURACY), '.2f', '%')}"
              # studies before 2026-12-01 evaluated their trials on the test set too; trials no longer do
-             + (f" (test top-1 {fmt(get(TEST), '.2f', '%')} after the screening epochs)" if pd.notna(get(TEST)) else ""),
+             + (f" (test top-1 {fmt(get(TEST), '.2f', '%')} after the screening epochs)"
+                if pd.notna(get(TEST)) else ""),
              f"{fmt(get('params'), ',.0f')} params, {fmt(get('flops') / 1e6, ',.1f')} MFLOPs, "
              f"{fmt(get('size_mb'), '.1f')} MB"
              + (f", {fmt(get('latency_ms'), '.2f')} ms" if "latency_ms" in row else ""),

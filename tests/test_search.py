@@ -256,8 +256,8 @@ def test_a_study_screened_with_shares_is_not_continued_with_tilts(tmp_path, teac
     """--target-params sampled share/<group> before 2026-12-01: a GP over a mix of both would fit neither."""
     storage = str(tmp_path / "studies.db")
     study = optuna.create_study(study_name="old", storage=open_storage(storage), directions=["maximize", "minimize"])
-    study.add_trial(optuna.trial.create_trial(values=[50.0, 1e7], params={"share/layer1": 0.5},
-                                              distributions={"share/layer1": optuna.distributions.FloatDistribution(0, 1)}))
+    share = {"share/layer1": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(values=[50.0, 1e7], params={"share/layer1": 0.5}, distributions=share))
     with contextlib.chdir(tmp_path), pytest.raises(SystemExit) as exc:
         main(argv(study_name="old", storage=storage, teacher=teacher_file, target_params=10_000_000, space="stage",
                   trial_epochs=0, bn_calib_batches=1))

@@ -73,8 +73,10 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
         tilts = {name: trial.suggest_float(name, *TILT) for name in ratio_params(layers, cfg.space, "tilt")}
         ratios = fit_ratios(tilts, layers, cfg, size)
     else:
-        if cfg.mean_ratio:
-            values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio), **suggest_shares(trial, layers, cfg.space)}
+        if cfg.mean_ratio:  # mean_ratio drawn before the shares: the order a seeded sampler replays
+            shares = ratio_params(layers, cfg.space, "share")
+            values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio),
+                      **{name: trial.suggest_float(name, 0.0, 1.0) for name in shares}}
         else:
             values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
         ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
@@ -87,10 +89,6 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
         changes["beta"] = trial.suggest_float("beta", *BETA, log=True)
         changes["dkd_beta"] = trial.suggest_float("dkd_beta", *DKD_BETA, log=True)
     return ratios, changes
-
-
-def suggest_shares(trial: optuna.Trial, layers: list[str], space: str) -> dict[str, float]:
-    return {name: trial.suggest_float(name, 0.0, 1.0) for name in ratio_params(layers, space, "share")}
 
 
 def layer_ratios(params: dict, layers: list[str], space: str, max_ratio: float) -> dict[str, float]:

@@ -23,10 +23,11 @@ size, backend...) given to every command. Per seed, each command in its own dire
    the budget's params of the shape its sampled per-group tilts give), ``--n-trials`` split between them,
    the baseline's own plan of that size screened first; else one study of ``--n-trials`` for all budgets,
    with ``--mean-ratio`` sampling each plan's size;
-4. at each budget the plan with the best screening top-1 among those with params in
-   [(1 - TOLERANCE) x budget, budget] is retrained by ``python -m search.retrain`` exactly as the baseline
-   trained its model of that size: from the teacher, k prune steps of E epochs on the whole training
-   set, and the F closing epochs only at k = S (the baseline's step-k model had none); both test top-1;
+4. at each budget the plan with the best screening score (``--pick-by``: top-1, or the lowest held-out loss)
+   among those with params in [(1 - TOLERANCE) x budget, budget] is retrained by ``python -m search.retrain``
+   exactly as the baseline trained its model of that size: from the teacher, k prune steps of E epochs on the
+   whole training set, and the F closing epochs only at k = S (the baseline's step-k model had none); both
+   test top-1;
 5. ``--fidelity N`` (first seed): the first N plans of the first budget's study (with ``--no-fit-budgets``, of
    the one study) are also screened with one KD epoch (a second study of the same plans) and retrained (one
    prune + ``--fidelity-epochs`` epochs on the whole training set); the Spearman rank correlation of each
@@ -98,6 +99,8 @@ SAMPLERS, SPACES = (next(f for f in dataclasses.fields(SearchConfig) if f.name =
 # backward (a backward costs about two forwards: Kaplan et al. 2020, "Scaling laws", sec. 2.1) and the
 # teacher's forward; a recalibration or evaluation image, one forward.
 TRAIN_PASSES = 4
+# A screen's scores: held-out top-1 (the study's objective) and held-out loss (a trial attr), higher better.
+PICK_BY = {"accuracy": lambda t: t["score"], "val_loss": lambda t: -t["val_loss"]}
 BUDGET_KEYS = ("budget_params", "baseline_params", "baseline_test_top1", "search_params", "search_test_top1",
                "delta_top1")
 
@@ -156,7 +159,13 @@ def finish_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: 
 
 def parse_args(argv: list[str] | None):
     parser = screening_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=4, help="repeat with --seed 0..N-1: mean and spread [default: 4]")
+    parser.add_argument("--seeds", type=int, default=4,
+                        help="repeat with N seeds from --first-seed: mean and spread [default: 4]")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (a fresh set of seeds checks a choice made on earlier ones) [default: 0]")
+    parser.add_argument("--pick-by", default="accuracy", choices=PICK_BY,
+                        help="the screening score that picks the plan at a budget: held-out top-1 (accuracy) or "
+                             "held-out loss (val_loss, lowest first) [default: %(default)s]")
     parser.add_argument("--sampler", default=SearchConfig.sampler, choices=SAMPLERS,
                         help=f"the search's sampler [default: {SearchConfig.sampler}]")
     parser.add_argument("--fit-budgets", action=argparse.BooleanOptionalAction, default=True,
@@ -174,8 +183,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--fidelity-epochs", type=int, default=1,
                         help="KD epochs of the fidelity check's retraining, after one prune [default: 1]")
     args = finish_args(parser, argv, SMOKE, "search_vs_baseline")
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: must be >= 1")
+    if args.seeds < 1 or args.first_seed < 0:
+        raise UserError(f"--seeds {args.seeds} --first-seed {args.first_seed}: give at least one seed, from 0 up")
     first_study = split_trials(args.n_trials, len(budget_steps(args.steps)))[0] if args.fit_budgets else args.n_trials
     if args.fidelity and first_study < 3:
         raise UserError(f"--fidelity needs at least 3 screens in the first budget's study, which gets {first_study} "
@@ -253,10 +262,11 @@ def plan_key(params: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
 
-def pick(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> dict | None:
-    """The best screening score among plans with params in [(1 - tolerance) x budget, budget] (ties: the
-    smaller, then the earlier plan); None when no plan is that close below the budget."""
-    return max(in_window(trials, budget, tolerance), key=lambda t: (t["score"], -t["params"], -t["number"]),
+def pick(trials: list[dict], budget: int, tolerance: float = TOLERANCE, by: str = "accuracy") -> dict | None:
+    """The best screening score ``by`` (``PICK_BY``) among plans with params in [(1 - tolerance) x budget, budget]
+    (ties: the smaller, then the earlier plan); None when no plan is that close below the budget."""
+    score = PICK_BY[by]
+    return max(in_window(trials, budget, tolerance), key=lambda t: (score(t), -t["params"], -t["number"]),
                default=None)
 
 
@@ -385,9 +395,10 @@ def run_seed(args, seed: int) -> dict:
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
                "baseline_test_top1": base["test_top1"], "baseline_epochs": k * args.epochs_per_step + final,
                "study": studies[k], "candidates": len(in_window(trials, base["params"])), "trial": None,
-               "search_params": None, "search_screen_top1": None, "search_test_top1": None,
+               "search_params": None, "search_screen_top1": None, "search_screen_val_loss": None,
+               "search_test_top1": None,
                "search_epochs": 0, "delta_top1": None, "same_widths": None}
-        chosen = pick(trials, base["params"])
+        chosen = pick(trials, base["params"], by=args.pick_by)
         if chosen is not None:
             retrained = s.retrain("search_retrain", studies[k], s.root / "retrain" / f"k{k}_trial{chosen['number']}",
                                   [chosen["number"]], prune_steps=k, epochs_per_step=args.epochs_per_step,
@@ -395,6 +406,7 @@ def run_seed(args, seed: int) -> dict:
             done = finished_row(retrained)
             picks.append(done)
             row.update(trial=chosen["number"], search_params=done["params"], search_screen_top1=chosen["score"],
+                       search_screen_val_loss=chosen["val_loss"],
                        search_test_top1=done["test_top1"], search_epochs=sum(r["epochs"] for r in retrained),
                        delta_top1=round(done["test_top1"] - base["test_top1"], 4),
                        # the baseline's own (enqueued) plan: its delta is the protocol's run-to-run noise
@@ -414,7 +426,7 @@ def run_seed(args, seed: int) -> dict:
                         "reference": {"test_top1": 0.0, "params": dense}},
         "epochs": {"baseline": sum(r["epochs"] for r in baseline), "search": round(screening + retrained_epochs, 4),
                    "search_screening": round(screening, 4), "search_retrain": retrained_epochs}}
-    if args.fidelity and seed == 0:
+    if args.fidelity and seed == args.first_seed:
         first = studies[steps[0]]
         result["fidelity"] = fidelity(s, first, models[steps[0]]["params"] if args.fit_budgets else 0,
                                       screened(loaded[first]), recorded, sizes)
@@ -580,11 +592,12 @@ def run(argv: list[str] | None) -> dict:
     print(f"work directory: {args.work}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with work_dir(args):
-        per_seed = [run_seed(args, seed) for seed in range(args.seeds)]
+        per_seed = [run_seed(args, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     summary = summarize(per_seed)
     report(summary, per_seed[0].get("fidelity"), args)
     result = {"machine": machine("cpu"), "smoke": args.smoke, "clock": args.clock, "work": str(args.work),
               "protocol": PROTOCOL.format(tol=TOLERANCE), "tolerance": TOLERANCE, "seeds": args.seeds,
+              "first_seed": args.first_seed, "pick_by": args.pick_by,
               "flags": args.flags, "steps": args.steps, "ratio": args.ratio, "epochs_per_step": args.epochs_per_step,
               "final_epochs": args.final_epochs, "n_trials": args.n_trials, "sampler": args.sampler,
               "bn_calib_batches": args.bn_calib_batches, "trial_subset": args.trial_subset,

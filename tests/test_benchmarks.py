@@ -105,14 +105,15 @@ def test_kd_kinds_smoke_times_every_kind_against_logits(tmp_path):
 def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     work = tmp_path / "work"
     result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--no-fit-budgets", "--mean-ratio",
-                       "--screen-subset", "5", "--fidelity", "3", "--space", "layer")
+                       "--screen-subset", "5", "--fidelity", "3", "--space", "layer", "--first-seed", "1")
     assert result["hypervolume"].keys() >= {"baseline", "search", "reference"}
     assert result["epochs"].keys() >= {"baseline", "search"} and result["wall_s"].keys() >= {"baseline", "search"}
     steps, final = result["steps"], result["final_epochs"]
     budgets = result["budgets"]
     assert [b["step"] for b in budgets] == search_vs_baseline.budget_steps(steps) == [1, 2]
-    baseline = {r["step"]: r for r in read_csv(work / "seed0" / "baseline" / "pruning_logs.csv")}
+    baseline = {r["step"]: r for r in read_csv(work / "seed1" / "baseline" / "pruning_logs.csv")}
     seed = result["per_seed"][0]
+    assert seed["seed"] == result["first_seed"] == 1 and result["seeds"] == 1  # --first-seed: seed 1 only
     for b, mine in zip(budgets, seed["budgets"]):
         assert set(search_vs_baseline.BUDGET_KEYS) <= b.keys()
         k = b["step"]
@@ -122,8 +123,8 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
         assert (1 - search_vs_baseline.TOLERANCE) * b["budget_params"] <= b["search_params"] <= b["budget_params"]
         assert b["delta_top1"] == pytest.approx(b["search_test_top1"] - b["baseline_test_top1"])
         # retrained as the baseline trained it: k prune steps of E epochs, closing epochs only at k = S
-        retrained = read_csv(next((work / "seed0" / "retrain").glob(f"k{k}_trial{mine['trial']}"))
-                             / "seed0" / "retrain" / "pruning_logs.csv")
+        retrained = read_csv(next((work / "seed1" / "retrain").glob(f"k{k}_trial{mine['trial']}"))
+                             / "seed1" / "retrain" / "pruning_logs.csv")
         assert [r["phase"] for r in retrained] == ["prune"] * k + (["final"] if k == steps else [])
         channels = [{c: v for c, v in r.items() if c.startswith("ch/")} for r in (retrained[-1], baseline[k])]
         assert mine["same_widths"] is (channels[0] == channels[1]) and b["same_widths"] == int(mine["same_widths"])
@@ -136,7 +137,7 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     assert seed["screen_eval_images"] == 5
     screen_passes = seed["trials"] * (32 + 5)
     assert epochs["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
-    study = load_study(str(work / "studies.db"), "seed0")
+    study = load_study(str(work / "studies.db"), "seed1")
     assert study.user_attrs["config"]["mean_ratio"] and all("mean_ratio" in t.params for t in study.trials)
     assert epochs["search"] == pytest.approx(epochs["search_screening"] + epochs["search_retrain"])
     dense = baseline[0]["params"]  # the reference point: 0 % and the teacher's params
@@ -149,7 +150,7 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     assert fidelity["plans"] == len(fidelity["rows"]) == 3
     widths = {t.number: {k: v for k, v in t.user_attrs.items() if k.startswith("ch/")} for t in study.trials}
     epoch1 = [{k: v for k, v in t.user_attrs.items() if k.startswith("ch/")}
-              for t in load_study(str(work / "studies.db"), "seed0-epoch1").trials]
+              for t in load_study(str(work / "studies.db"), "seed1-epoch1").trials]
     assert all(widths[r["trial"]] in epoch1 for r in fidelity["rows"])  # both fidelities scored the same plans
     assert fidelity["bn_recal"]["epoch_equivalents"] < fidelity["epoch1"]["epoch_equivalents"]
 
@@ -192,6 +193,13 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
     again = run_smoke(search_vs_baseline, tmp_path, *flags)
     # a rerun resumes every command; it reports the seconds the work took, not the resume's
     assert again["per_seed"][0]["wall_s"] == seed["wall_s"] and again["budgets"] == result["budgets"]
+    by_loss = run_smoke(search_vs_baseline, tmp_path, *flags, "--pick-by", "val_loss")
+    assert by_loss["pick_by"] == "val_loss"
+    for b in by_loss["per_seed"][0]["budgets"]:  # the lowest held-out loss of the budget's window
+        done = [t for t in load_study(str(work / "studies.db"), b["study"]).trials if t.state == TrialState.COMPLETE]
+        best = min((t for t in done if 0.9 * b["budget_params"] <= t.user_attrs["params"] <= b["budget_params"]),
+                   key=lambda t: (t.user_attrs["val_loss"], t.user_attrs["params"], t.number))
+        assert b["trial"] == best.number and b["search_screen_val_loss"] == best.user_attrs["val_loss"]
 
 
 def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_screens(tmp_path, capsys):
@@ -209,6 +217,9 @@ def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
               {"number": 4, "params": 900, "score": 60.0}]
     assert search_vs_baseline.pick(trials, 1000)["number"] == 4  # ties: the smaller plan; 850 is > 10 % below
     assert search_vs_baseline.pick(trials, 800) is None
+    losses = dict(zip(range(5), (0.9, 0.7, 0.1, 0.1, 0.8)))
+    trials = [{**t, "val_loss": losses[t["number"]]} for t in trials]
+    assert search_vs_baseline.pick(trials, 1000, by="val_loss")["number"] == 1  # the lowest loss in the window
 
 
 def test_the_screens_are_split_between_the_budgets():

@@ -9,6 +9,7 @@
     python -m search --trial-epochs 0 --bn-calib-batches 5 --target-params 10000000 --space stage  # at 10 M params
     optuna-dashboard studies.db                                  # browse the study (journal file)
     python -m search.retrain --study-name r50 --trials front     # retrain the front with the full budget
+    python -m search.retrain --study-name r50 --trials lowest-loss   # at one budget: the plan of lowest val_loss
     python -m search --help                                      # every flag
 
 Rerunning the same command resumes: the study (``--storage``, default the journal file studies.db)
@@ -115,7 +116,7 @@ def print_front(cfg: SearchConfig, study: optuna.Study) -> None:
               f"{t.user_attrs.get('checkpoint') or 'no checkpoint'}")
     storage = redact(cfg.storage)
     print(f"browse: optuna-dashboard {storage} | retrain: python -m search.retrain --study-name {cfg.study_name} "
-          f"--storage {storage} --trials front")
+          f"--storage {storage} --trials {'lowest-loss' if cfg.target_params else 'front'}")
 
 
 def main(argv: list[str] | None = None) -> optuna.Study | None:

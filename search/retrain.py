@@ -50,7 +50,8 @@ BASELINE_PROTOCOL = {"val_fraction": RunConfig.val_fraction, "teacher_cache": Ru
 
 @dataclass(frozen=True)
 class RetrainConfig(RunConfig, StudyFields):
-    trials: tuple[str, ...] = opt(("front",), "trial numbers, or 'front' for the study's Pareto front")
+    trials: tuple[str, ...] = opt(("front",), "trial numbers, 'front' for the study's Pareto front, or "
+                                              "'lowest-loss' for the trial of lowest held-out loss")
     prune_steps: int = opt(0, "prune steps to reach each plan (0 = as many as the baseline takes to reach its size)")
     out: str = opt("runs/search", "the study's output directory; plans are retrained in <out>/<study_name>/retrain/")
 
@@ -76,16 +77,24 @@ def parse(argv: list[str] | None) -> RetrainConfig:
 
 
 def select_trials(study, asked: tuple[str, ...]) -> list[FrozenTrial]:
-    """The COMPLETE trials named by number, plus the Pareto front for ``front``."""
+    """The COMPLETE trials named by number, plus the Pareto front for ``front`` and the trial of lowest held-out
+    loss for ``lowest-loss``: within one budget (``--target-params``) the loss ranked retrained plans at least
+    as well as top-1 (README: picking a plan by held-out loss)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     chosen: dict[int, FrozenTrial] = {}
     for item in asked:
         if item == "front":
             chosen.update({t.number: t for t in study.best_trials})
             continue
+        if item == "lowest-loss":
+            done = [t for t in by_number.values() if t.state == TrialState.COMPLETE and "val_loss" in t.user_attrs]
+            if done:
+                best = min(done, key=lambda t: t.user_attrs["val_loss"])  # ties: the earlier trial
+                chosen[best.number] = best
+            continue
         if not item.isdigit() or int(item) not in by_number:
             raise UserError(f"--trials {item}: no such trial in study {study.study_name!r} (it has trials 0.."
-                            f"{len(by_number) - 1}); give trial numbers or 'front'")
+                            f"{len(by_number) - 1}); give trial numbers, 'front' or 'lowest-loss'")
         trial = by_number[int(item)]
         if trial.state != TrialState.COMPLETE:
             raise UserError(f"--trials {item}: trial {item} is {trial.state.name}; choose COMPLETE trials")

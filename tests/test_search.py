@@ -32,7 +32,7 @@ from pruning.model import build_resnet50, channel_plan
 from pruning.plan import target_plan, uniform_plans
 from search.__main__ import main
 from search.config import SearchConfig
-from search.retrain import main as retrain_main
+from search.retrain import main as retrain_main, select_trials
 from search.space import layer_ratios
 from search.storage import load_study, open_storage
 
@@ -221,6 +221,16 @@ def test_retraining_another_trial_keeps_the_earlier_ones(searched, tmp_path):
         rows = retrain_main(["--study-name", "tiny", "--trials", "1", "--final-epochs", "0"])
     assert sorted({r["trial"] for r in rows}) == [0, 1]
     assert read_csv(root / "runs/tiny/retrain/pruning_logs.csv") == rows
+
+
+def test_lowest_loss_selects_the_complete_trial_of_lowest_held_out_loss():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, loss, state in (([60.0, 10], 0.9, TrialState.COMPLETE), ([70.0, 10], 0.7, TrialState.COMPLETE),
+                                ([65.0, 10], 0.5, TrialState.COMPLETE), (None, 0.1, TrialState.FAIL)):
+        study.add_trial(optuna.trial.create_trial(values=values, state=state, user_attrs={"val_loss": loss}))
+    assert [t.number for t in select_trials(study, ("lowest-loss",))] == [2]  # not the failed trial 3
+    assert [t.number for t in select_trials(study, ("front",))] == [1]  # the front: the best top-1 at that size
+    assert [t.number for t in select_trials(study, ("lowest-loss", "front", "0"))] == [0, 1, 2]
 
 
 def free_port() -> int:

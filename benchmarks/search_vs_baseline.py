@@ -1,12 +1,12 @@
 """For the same compute, does the search give a better model than the fixed schedule? (issue 12)
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
-    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --seeds 4 --json svb.json   # the README's table
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --first-seed 4 --seeds 4 --json svb.json  # README
         # (2 cores, ~17 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
         # S = 4 steps of 0.3 with E = 5 KD epochs each, 21 screens (7 per budget) in the stage space
     python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --no-fit-budgets --mean-ratio --space layer \\
         --epochs-per-step 1 --n-trials 30 --bn-calib-batches 5 --screen-subset 300 --synthetic-test 0 --seeds 3 \\
-        --fidelity 12 --json svb1.json   # one study for all budgets, sizes sampled, the fidelity check (README)
+        --fidelity 12 --pick-by accuracy --json svb1.json   # one study for all budgets, sizes sampled (README)
 
 Flags this script does not know are run flags (``distill/config.py: RunConfig``: data, sizes, lr, batch
 size, backend...) given to every command. Per seed, each command in its own directory under ``--work``
@@ -99,8 +99,11 @@ SAMPLERS, SPACES = (next(f for f in dataclasses.fields(SearchConfig) if f.name =
 # backward (a backward costs about two forwards: Kaplan et al. 2020, "Scaling laws", sec. 2.1) and the
 # teacher's forward; a recalibration or evaluation image, one forward.
 TRAIN_PASSES = 4
-# A screen's scores: held-out top-1 (the study's objective) and held-out loss (a trial attr), higher better.
-PICK_BY = {"accuracy": lambda t: t["score"], "val_loss": lambda t: -t["val_loss"]}
+# A screen's scores: held-out top-1 (the study's objective) and held-out loss (a trial attr), higher better;
+# NaN where a trial has none (it cannot be picked by that score).
+PICK_BY = {"accuracy": lambda t: t["score"],
+           "val_loss": lambda t: math.nan if t["val_loss"] is None else -t["val_loss"]}
+PICK_TEXT = {"accuracy": "held-out top-1", "val_loss": "held-out loss"}
 BUDGET_KEYS = ("budget_params", "baseline_params", "baseline_test_top1", "search_params", "search_test_top1",
                "delta_top1")
 
@@ -264,12 +267,13 @@ def plan_key(params: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
 
-def pick(trials: list[dict], budget: int, tolerance: float = TOLERANCE, by: str = "accuracy") -> dict | None:
-    """The best screening score ``by`` (``PICK_BY``) among plans with params in [(1 - tolerance) x budget, budget]
-    (ties: the smaller, then the earlier plan); None when no plan is that close below the budget."""
+def pick(trials: list[dict], budget: int, by: str, tolerance: float = TOLERANCE) -> dict | None:
+    """The best finite screening score ``by`` (``PICK_BY``) among plans with params in [(1 - tolerance) x budget,
+    budget] (ties: the smaller, then the earlier plan, as ``search.retrain --trials lowest-loss``); None when no
+    plan is that close below the budget."""
     score = PICK_BY[by]
-    return max(in_window(trials, budget, tolerance), key=lambda t: (score(t), -t["params"], -t["number"]),
-               default=None)
+    scored = [t for t in in_window(trials, budget, tolerance) if math.isfinite(score(t))]
+    return max(scored, key=lambda t: (score(t), -t["params"], -t["number"]), default=None)
 
 
 def in_window(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> list[dict]:
@@ -548,7 +552,7 @@ def summarize(per_seed: list[dict]) -> dict:
     for i, first in enumerate(per_seed[0]["budgets"]):
         rows = [s["budgets"][i] for s in per_seed]
         row = {"step": first["step"]}
-        for key in (*BUDGET_KEYS, "search_screen_top1", "compute_ratio", "candidates"):
+        for key in (*BUDGET_KEYS, "search_screen_top1", "search_screen_val_loss", "compute_ratio", "candidates"):
             stats = mean_spread([r[key] for r in rows])
             row[key] = round(stats["mean"]) if key.endswith("params") and stats["n"] else stats["mean"]
             if key.endswith("top1"):
@@ -582,8 +586,9 @@ def work_dir(args) -> Iterator[None]:
 
 PROTOCOL = ("Like for like: one teacher per seed, trained without the search's held-out split, shared by both sides. "
             "At each budget the baseline's model after k steps (k x E KD epochs; at k = S also its F closing epochs) "
-            "faces the search's best screened plan within {tol:.0%} below that size, retrained from the same teacher "
-            "in k prune steps of E epochs on the same whole training set, plus F closing epochs only at k = S. "
+            "faces the search's best screened plan by {pick_by} within {tol:.0%} below that size, retrained from the "
+            "same teacher in k prune steps of E epochs on the same whole training set, plus F closing epochs only at "
+            "k = S. "
             "Both: test top-1. Compute in epochs of the baseline's training set, in forward passes (a KD training "
             "image 4, a screen's recalibration or evaluation image 1).")
 
@@ -596,9 +601,10 @@ def run(argv: list[str] | None) -> dict:
     with work_dir(args):
         per_seed = [run_seed(args, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     summary = summarize(per_seed)
-    report(summary, per_seed[0].get("fidelity"), args)
+    protocol = PROTOCOL.format(tol=TOLERANCE, pick_by=PICK_TEXT[args.pick_by])
+    report(summary, per_seed[0].get("fidelity"), protocol, args)
     result = {"machine": machine("cpu"), "smoke": args.smoke, "clock": args.clock, "work": str(args.work),
-              "protocol": PROTOCOL.format(tol=TOLERANCE), "tolerance": TOLERANCE, "seeds": args.seeds,
+              "protocol": protocol, "tolerance": TOLERANCE, "seeds": args.seeds,
               "first_seed": args.first_seed, "pick_by": args.pick_by,
               "flags": args.flags, "steps": args.steps, "ratio": args.ratio, "epochs_per_step": args.epochs_per_step,
               "final_epochs": args.final_epochs, "n_trials": args.n_trials, "sampler": args.sampler,
@@ -611,9 +617,9 @@ def run(argv: list[str] | None) -> dict:
     return result
 
 
-def report(summary: dict, fidelity_result: dict | None, args) -> None:
+def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> None:
     print()
-    print(PROTOCOL.format(tol=TOLERANCE))
+    print(protocol)
     spread = args.seeds > 1
     columns = ["step", *BUDGET_KEYS, *(["delta_top1_std", "wins"] if spread else []), "same_widths", "compute_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"

@@ -3,6 +3,7 @@ the front its report draws (``search.report``)."""
 from __future__ import annotations
 
 import numpy as np
+from optuna.trial import FrozenTrial
 
 
 def non_dominated(loss: np.ndarray) -> np.ndarray:
@@ -11,3 +12,10 @@ def non_dominated(loss: np.ndarray) -> np.ndarray:
     no_worse = (loss[:, None, :] <= loss[None, :, :]).all(-1)  # [i, j]: i is no worse than j anywhere
     better = (loss[:, None, :] < loss[None, :, :]).any(-1)
     return ~(no_worse & better).any(0)
+
+
+def feasible(complete: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials a front or a pick is taken from: the feasible ones (Optuna's rule: every constraint
+    <= 0), or all of them while none is feasible."""
+    ok = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+    return ok or complete

@@ -28,9 +28,10 @@ from conftest import TINY, tiny_argv
 from distill.config import make_config
 from distill.results import read_csv
 from distill.trainer import NonFiniteLoss
+from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import target_plan, uniform_plans
-from search.__main__ import main
+from search.__main__ import main, print_front
 from search.config import SearchConfig
 from search.retrain import main as retrain_main, select_trials
 from search.space import layer_ratios
@@ -223,14 +224,39 @@ def test_retraining_another_trial_keeps_the_earlier_ones(searched, tmp_path):
     assert read_csv(root / "runs/tiny/retrain/pruning_logs.csv") == rows
 
 
-def test_lowest_loss_selects_the_complete_trial_of_lowest_held_out_loss():
+def add_trials(study, *rows) -> None:
+    """``(values, user_attrs, state, constraints)`` rows as trials of ``study``."""
+    for values, attrs, state, constraints in rows:
+        study.add_trial(optuna.trial.create_trial(values=values, state=state, user_attrs=attrs,
+                                                  constraints=constraints))
+
+
+def test_lowest_loss_selects_the_feasible_complete_trial_of_lowest_held_out_loss():
     study = optuna.create_study(directions=["maximize", "minimize"])
-    for values, loss, state in (([60.0, 10], 0.9, TrialState.COMPLETE), ([70.0, 10], 0.7, TrialState.COMPLETE),
-                                ([65.0, 10], 0.5, TrialState.COMPLETE), (None, 0.1, TrialState.FAIL)):
-        study.add_trial(optuna.trial.create_trial(values=values, state=state, user_attrs={"val_loss": loss}))
-    assert [t.number for t in select_trials(study, ("lowest-loss",))] == [2]  # not the failed trial 3
-    assert [t.number for t in select_trials(study, ("front",))] == [1]  # the front: the best top-1 at that size
-    assert [t.number for t in select_trials(study, ("lowest-loss", "front", "0"))] == [0, 1, 2]
+    done, ok = TrialState.COMPLETE, {"params": 0.0}
+    add_trials(study, ([60.0, 10], {"val_loss": 0.9, "params": 10}, done, ok),
+               ([70.0, 10], {"val_loss": 0.7, "params": 10}, done, ok),
+               ([65.0, 10], {"val_loss": 0.5, "params": 10}, done, ok),
+               (None, {"val_loss": 0.1}, TrialState.FAIL, None),
+               ([55.0, 20], {"val_loss": 0.2, "params": 20}, done, {"params": 5.0}),  # over the budget
+               ([50.0, 9], {"val_loss": float("nan"), "params": 9}, done, ok),
+               ([64.0, 9], {"val_loss": 0.5, "params": 9}, done, ok),  # ties trial 2: the smaller plan
+               ([66.0, 10], {}, done, ok))  # screened before val_loss was recorded
+    assert [t.number for t in select_trials(study, ("lowest-loss",))] == [6]  # not 3 (FAIL), 4 (infeasible), 5
+    assert [t.number for t in select_trials(study, ("lowest-loss", "front", "0"))] == [0, 1, 6]
+    old = optuna.create_study(study_name="old", directions=["maximize", "minimize"])
+    add_trials(old, ([66.0, 10], {}, done, ok))
+    with pytest.raises(UserError, match="no COMPLETE trial of study 'old' recorded a finite held-out loss"):
+        select_trials(old, ("lowest-loss",))
+
+
+@pytest.mark.parametrize("target_params, suggested", [(0, "--trials front"), (10_000_000, "--trials lowest-loss")])
+def test_the_search_suggests_the_retrain_its_study_calls_for(target_params, suggested, capsys):
+    cfg = make_config(SearchConfig, {"target_params": target_params, "trial_epochs": 0, "bn_calib_batches": 1})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    add_trials(study, ([60.0, 10], {"val_loss": 0.9}, TrialState.COMPLETE, None))
+    print_front(cfg, study)
+    assert capsys.readouterr().out.rstrip().endswith(suggested)
 
 
 def free_port() -> int:

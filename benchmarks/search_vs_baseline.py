@@ -402,8 +402,7 @@ def run_seed(args, seed: int) -> dict:
                "baseline_test_top1": base["test_top1"], "baseline_epochs": k * args.epochs_per_step + final,
                "study": studies[k], "candidates": len(in_window(trials, base["params"])), "trial": None,
                "search_params": None, "search_screen_top1": None, "search_screen_val_loss": None,
-               "search_test_top1": None,
-               "search_epochs": 0, "delta_top1": None, "same_widths": None}
+               "search_test_top1": None, "search_epochs": 0, "delta_top1": None, "same_widths": None}
         chosen = pick(trials, base["params"], by=args.pick_by)
         if chosen is not None:
             retrained = s.retrain("search_retrain", studies[k], s.root / "retrain" / f"k{k}_trial{chosen['number']}",
@@ -588,9 +587,8 @@ PROTOCOL = ("Like for like: one teacher per seed, trained without the search's h
             "At each budget the baseline's model after k steps (k x E KD epochs; at k = S also its F closing epochs) "
             "faces the search's best screened plan by {pick_by} within {tol:.0%} below that size, retrained from the "
             "same teacher in k prune steps of E epochs on the same whole training set, plus F closing epochs only at "
-            "k = S. "
-            "Both: test top-1. Compute in epochs of the baseline's training set, in forward passes (a KD training "
-            "image 4, a screen's recalibration or evaluation image 1).")
+            "k = S. Both: test top-1. Compute in epochs of the baseline's training set, in forward passes (a KD "
+            "training image 4, a screen's recalibration or evaluation image 1).")
 
 
 def run(argv: list[str] | None) -> dict:

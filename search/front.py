@@ -14,8 +14,11 @@ def non_dominated(loss: np.ndarray) -> np.ndarray:
     return ~(no_worse & better).any(0)
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Optuna's rule: every constraint <= 0 (a trial without constraints is feasible)."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
 def feasible(complete: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The COMPLETE trials a front or a pick is taken from: the feasible ones (Optuna's rule: every constraint
-    <= 0), or all of them while none is feasible."""
-    ok = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
-    return ok or complete
+    """The COMPLETE trials a front or a pick is taken from: the feasible ones, or all of them while none is."""
+    return [t for t in complete if is_feasible(t)] or complete

@@ -55,7 +55,7 @@ from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
 from pruning.measure import count_flops, count_params
 from pruning.model import build_resnet50, channel_plan
-from search.front import non_dominated
+from search.front import is_feasible, non_dominated
 from search.storage import load_study, redact
 
 ACCURACY = "val_top1"        # the study's "accuracy" objective: top-1 (%) on the held-out validation split
@@ -122,7 +122,7 @@ def trials_frame(study: optuna.Study, cost: str) -> pd.DataFrame:
         row = {"number": t.number, "state": t.state.name, **t.user_attrs, **t.params}
         if t.state == TrialState.COMPLETE:
             row[ACCURACY], row[cost] = t.values
-        row["feasible"] = all(v <= 0 for v in t.constraints.values())  # Optuna's rule: every constraint <= 0
+        row["feasible"] = is_feasible(t)
         rows.append(row)
     df = pd.DataFrame(rows)
     if not rows or not (df["state"] == "COMPLETE").any():

@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pruning.errors import UserError, run_cli
 from search.config import SearchConfig
-from search.front import non_dominated
+from search.front import is_feasible, non_dominated
 from search.objective import MAX_CONSECUTIVE_FAILS, Objective, trial_checkpoint
 from search.optuna_private import enqueued_params, trial_id_of
 from search.storage import STALE_REASON, fail_stale_trials, open_storage
@@ -179,7 +179,7 @@ def keep_front_checkpoints(cfg: SearchConfig, study: optuna.Study) -> None:
     """
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+    feasible = [t for t in complete if is_feasible(t)]
     keep = pareto_front(feasible, study.directions) if feasible else complete
     kept = {t.number for t in keep}
     for t in trials:

@@ -227,6 +227,23 @@ def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
     assert search_vs_baseline.pick(trials, 1000, "val_loss")["number"] == 1
 
 
+def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
+    def seed(delta, same):
+        budget = {key: 1000 for key in search_vs_baseline.BUDGET_KEYS} | {
+            "step": 1, "baseline_test_top1": 70.0, "search_test_top1": 70.0 + delta, "delta_top1": delta,
+            "search_screen_top1": 30.0, "search_screen_val_loss": 2.0, "compute_ratio": 1.1, "candidates": 7,
+            "same_widths": same}
+        return {"budgets": [budget], "hypervolume": {"baseline": 0.5, "search": 0.6, "reference": {"params": 9}},
+                "epochs": {"baseline": 5, "search": 6}, "wall_s": {"baseline": 1.0}}
+
+    row = search_vs_baseline.summarize([seed(1.0, False), seed(3.0, False), seed(0.0, True)])["budgets"][0]
+    std = math.sqrt(((1 - 4 / 3) ** 2 + (3 - 4 / 3) ** 2 + (4 / 3) ** 2) / 2)
+    assert row["delta_top1"] == pytest.approx(4 / 3, abs=1e-4) and row["delta_top1_std"] == pytest.approx(std, abs=1e-4)
+    assert row["delta_top1_sem"] == pytest.approx(std / math.sqrt(3), abs=1e-4)
+    assert (row["wins"], row["same_widths"], row["seeds"]) == (2, 1, 3)
+    assert search_vs_baseline.summarize([seed(1.0, False)])["budgets"][0]["delta_top1_sem"] is None
+
+
 def test_the_screens_are_split_between_the_budgets():
     assert search_vs_baseline.split_trials(22, 3) == [8, 7, 7] and search_vs_baseline.split_trials(21, 3) == [7] * 3
     assert sum(search_vs_baseline.split_trials(5, 2)) == 5

@@ -557,10 +557,10 @@ def summarize(per_seed: list[dict]) -> dict:
             row[key] = round(stats["mean"]) if key.endswith("params") and stats["n"] else stats["mean"]
             if key.endswith("top1"):
                 row.update({f"{key}_std": stats["std"], f"{key}_min": stats["min"], f"{key}_max": stats["max"]})
-        # Both sides share each seed's teacher, data and test set, so the deltas are paired: their standard error
-        # says whether the mean is told from noise, the std how far one seed may land from it (issue 12's target).
-        std, n = row["delta_top1_std"], sum(r["delta_top1"] is not None for r in rows)
-        row["delta_top1_sem"] = None if std is None else round(std / math.sqrt(n), 4)
+            if key == "delta_top1":
+                # Both sides share each seed's teacher, data and test set, so the deltas are paired: their standard
+                # error says whether the mean is told from noise, the std how far one seed may land from it.
+                row["delta_top1_sem"] = None if stats["std"] is None else round(stats["std"] / math.sqrt(stats["n"]), 4)
         row["wins"] = sum(r["delta_top1"] is not None and r["delta_top1"] > 0 for r in rows)
         row["same_widths"] = sum(bool(r["same_widths"]) for r in rows)  # seeds whose pick was the baseline's plan
         row["seeds"] = len(rows)
@@ -624,7 +624,8 @@ def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> 
     print()
     print(protocol)
     spread = args.seeds > 1
-    columns = ["step", *BUDGET_KEYS, *(["delta_top1_std", "delta_top1_sem", "wins"] if spread else []), "same_widths", "compute_ratio"]
+    seeds_columns = ["delta_top1_std", "delta_top1_sem", "wins"] if spread else []
+    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "compute_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"
                                              f"{args.seeds} seed(s))")
     hv, ep, wall = summary["hypervolume"], summary["epochs"], summary["wall_s"]

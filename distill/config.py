@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.losses import KD_KINDS
+from distill.trainer import LR_SCHEDULES
 from pruning.errors import UserError
 
 
@@ -83,6 +84,9 @@ class RunConfig:
     dkd_beta: float = opt(8.0, "--kd dkd: weight of NCKD, the KL among the non-target classes (Zhao et al. 2022: 8 "
                                "on CIFAR-100, 0.5 on ImageNet)")
     lr: float = opt(1e-4, "Adam learning rate of KD retraining")
+    lr_schedule: str = opt("constant", "learning rate within each stage (a prune step's epochs, the closing epochs, "
+                                       "the teacher's): constant (the seed's) | cosine = from --lr (--teacher-lr) "
+                                       "down to 0 over the stage's updates", LR_SCHEDULES)
     weight_decay: float = opt(0.0, "Adam weight decay")
     batch_size: int = opt(256, "training and evaluation batch size")
     teacher_cache: int = opt(0, "cache teacher logits for K augmented views per image (0 = off; "

@@ -200,7 +200,7 @@ def retrain(sess: Session, cfg, student: nn.Module, teacher: nn.Module | None, e
         fault_point("teacher_epoch_end" if stage == "teacher" else "epoch_end")
 
     fit(distiller, loader, epochs, lr, cfg.weight_decay, rt, resume=resume, epoch_seed=epoch_seed,
-        desc=stage, on_epoch=checkpoint)
+        desc=stage, schedule=cfg.lr_schedule, on_epoch=checkpoint)
     return student, summarize(history)
 
 

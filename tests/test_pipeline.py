@@ -1,4 +1,5 @@
-"""distill.pipeline: which teachers a retraining stage distils from (``--teachers PATH|previous``)."""
+"""distill.pipeline: which teachers a retraining stage distils from (``--teachers PATH|previous``), and the
+learning-rate schedule each stage trains with (``--lr-schedule``)."""
 import dataclasses
 from types import SimpleNamespace
 
@@ -6,6 +7,7 @@ import pytest
 from torch import nn
 
 import distill.pipeline as pipeline
+import distill.trainer
 from baselines import iterative
 from conftest import tiny_argv
 from distill.config import PREVIOUS
@@ -66,3 +68,16 @@ def test_baseline_distils_from_the_model_before_each_pruning_step(tiny_cfg, tmp_
     assert seen == [[plans[0]],            # step 1: the model before pruning is the teacher itself
                     [plans[0], plans[1]],  # step 2: the teacher, and step 1's model
                     [plans[0]]]            # closing epochs: no pruning, so no previous model
+
+
+def test_lr_schedule_reaches_every_stage_of_a_run(tiny_cfg, monkeypatch):
+    seen = []  # (schedule, updates) of each stage's scheduler: the teacher's, each prune step's, the closing one
+    make_scheduler = distill.trainer.make_scheduler
+
+    def spy(optimizer, schedule, start, updates):
+        seen.append((schedule, updates))
+        return make_scheduler(optimizer, schedule, start, updates)
+
+    monkeypatch.setattr(distill.trainer, "make_scheduler", spy)
+    iterative.main(tiny_argv(tiny_cfg, steps=2, final_epochs=1, backend="torch-pruning", lr_schedule="cosine"))
+    assert seen == [("cosine", 2)] * 4  # 64 images in batches of 32: 2 updates per one-epoch stage

@@ -2,13 +2,14 @@
 
     python benchmarks/samplers.py --smoke --json /tmp/samplers.json            # seconds (CI): checks the code
     python benchmarks/samplers.py --threads 1 --clock cpu --n-trials 24 --repeats 3 --json samplers.json
-    python benchmarks/samplers.py --threads 1 --clock cpu --data synthetic --synthetic-classes 40 \\
-        --synthetic-train 1600 --screen-subset 160 --teacher-lr 1e-3 --lr 3e-4 --steps 4 --ratio 0.2 \\
-        --teacher-epochs 5 --n-trials 24 --bn-calib-batches 5 --trial-subset 800 --repeats 3 --no-mean-ratio \\
-        --teacher runs/bench/svb_syn40/seed0/teacher/check_points/step_000.pt
+    python benchmarks/samplers.py --threads 1 --clock cpu --lr-schedule constant --data synthetic \\
+        --synthetic-classes 40 --synthetic-train 1600 --screen-subset 160 --teacher-lr 1e-3 --lr 3e-4 --steps 4 \\
+        --ratio 0.2 --teacher-epochs 5 --n-trials 24 --bn-calib-batches 5 --trial-subset 800 --repeats 3 \\
+        --no-mean-ratio --teacher runs/bench/svb_syn40/seed0/teacher/check_points/step_000.pt
                                   # the README's first table: an earlier search_vs_baseline.py run's data and teacher
-    python benchmarks/samplers.py --threads 2 --clock cpu --n-trials 30 --repeats 3 --synthetic-test 0 \\
-        --work runs/bench/samplers_shapes --teacher runs/bench/svb_final/seed0/teacher/check_points/step_000.pt
+    python benchmarks/samplers.py --threads 2 --clock cpu --lr-schedule constant --n-trials 30 --repeats 3 \\
+        --synthetic-test 0 --work runs/bench/samplers_shapes \\
+        --teacher runs/bench/svb_final/seed0/teacher/check_points/step_000.pt
                                   # the README's second: --mean-ratio on --data shapes (the defaults)
 
 The screening study of benchmarks/search_vs_baseline.py --no-fit-budgets (EagleEye screening: one prune to the

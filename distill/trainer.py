@@ -154,7 +154,8 @@ def lr_factor(schedule: str, update: int, updates: int) -> float:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, start: int, updates: int
                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-update lr multiples of the stage, resumed at update ``start`` (a pure function of it: nothing to save)."""
+    """Per-update lr multiples of the stage, resumed at update ``start``: the factor is a function of the update's
+    index, and the base lr comes back with a resumed optimizer's state (LambdaLR keeps it there as initial_lr)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(schedule, start + i, updates))
 
 
@@ -234,7 +235,9 @@ def fit(distiller: Distiller, loader, epochs: int, lr: float, weight_decay: floa
         optimizer.load_state_dict(resume["optimizer"])
         start = int(resume["epoch"])
     scaler = torch.amp.GradScaler("cuda") if rt.amp_dtype == torch.float16 else None
-    scheduler = make_scheduler(optimizer, schedule, start * len(loader), epochs * len(loader))
+    # None at a constant lr: nothing to step (and no warning when fp16 loss scaling skips an update).
+    scheduler = None if schedule == "constant" else make_scheduler(optimizer, schedule, start * len(loader),
+                                                                   epochs * len(loader))
     for epoch in range(start + 1, epochs + 1):
         loader.set_epoch(epoch_seed + epoch)
         metrics = train_one_epoch(distiller, loader, optimizer, rt, scaler, f"{desc} epoch {epoch}/{epochs}",

@@ -4,7 +4,7 @@
     python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --first-seed 8 --seeds 4 --json svb.json  # README
         # (2 cores, ~25 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
         # S = 4 steps of 0.3 with E = 5 KD epochs each (a cosine lr within each), 21 screens (7 per budget) in the
-        # stage space
+        # stage space, each with one KD epoch on as many images as 0.2 of its budget's compute buys
     python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --lr-schedule constant --no-fit-budgets \\
         --mean-ratio --space layer --epochs-per-step 1 --n-trials 30 --bn-calib-batches 5 --screen-subset 300 \\
         --synthetic-test 0 --seeds 3 --fidelity 12 --pick-by accuracy --json svb1.json
@@ -24,7 +24,9 @@ size, backend...) given to every command. Per seed, each command in its own dire
    ``--fit-budgets`` (default) one study per budget (``--target-params``: each plan is the largest of at most
    the budget's params of the shape its sampled per-group tilts give), ``--n-trials`` split between them,
    the baseline's own plan of that size screened first; else one study of ``--n-trials`` for all budgets,
-   with ``--mean-ratio`` sampling each plan's size;
+   with ``--mean-ratio`` sampling each plan's size. ``--screen-share S`` (with ``--fit-budgets``): each screen
+   also trains one KD epoch (the run's T and alpha: widths alone) on as many images of the split as S of the
+   baseline's compute at its budget buys;
 4. at each budget the plan with the best screening score (``--pick-by``: the lowest held-out loss, or top-1)
    among those with params in [(1 - TOLERANCE) x budget, budget] is retrained by ``python -m search.retrain``
    exactly as the baseline trained its model of that size: from the teacher, k prune steps of E epochs on the
@@ -40,9 +42,11 @@ image costs ``TRAIN_PASSES`` = 4 (the student's forward and backward, the teache
 recalibration or evaluation image 1 (a full-width forward: this overstates screening a little). A screen's
 evaluation (its held-out split, within ``--screen-subset``; trials never see the test set) is search-only work
 and counts; the evaluation of the models both sides train does not, and the teacher is shared, counted on
-neither side. The whole screening is charged to every budget's ``compute_ratio``. ``wall_s`` uses ``--clock``
-(cpu: this process's CPU time, steadier on a shared machine with ``--threads 1``); a rerun reports each finished
-command's recorded seconds (``<work>/seconds.json``), not its resume.
+neither side. A budget's ``compute_ratio`` charges the screening its pick came from (with ``--fit-budgets``
+its own study, which is what a user who wants that one model runs; else the whole one study), as
+``screening_epochs``, then the pick's retraining, against the baseline's epochs up to that budget. ``wall_s``
+uses ``--clock`` (cpu: this process's CPU time, steadier on a shared machine with ``--threads 1``); a rerun
+reports each finished command's recorded seconds (``<work>/seconds.json``), not its resume.
 """
 from __future__ import annotations
 
@@ -69,12 +73,12 @@ from optuna.trial import TrialState
 import search.__main__ as search_cli
 from baselines import iterative
 from benchmarks.common import CLOCKS, base_parser, machine, print_table, set_threads, write_json
-from distill.config import with_defaults
+from distill.config import config_dict, parse_config, with_defaults
 from distill.data import load_data, split_indices
 from distill.results import atomic_write_text, read_csv
 from pruning.errors import UserError, run_cli
 from search import retrain
-from search.config import SearchConfig
+from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import trial_train_subset
 from search.report import ReportConfig, hypervolume_fraction
 from search.space import budget_steps, config_changes
@@ -96,6 +100,11 @@ SMOKE_FLAGS = ["--data", "synthetic", "--synthetic-classes", "4", "--synthetic-t
                "--no-progress", "--lr-schedule", "cosine"]
 SMOKE = {"steps": 2, "ratio": 0.2, "epochs_per_step": 1, "final_epochs": 1, "teacher_epochs": 1, "n_trials": 4,
          "bn_calib_batches": 1, "fidelity_epochs": 1, "seeds": 1}
+# A budget's screens may spend this share of the baseline's compute at that budget on one KD epoch each (README,
+# "Screens with a KD epoch": on seeds 8-11, against recalibration alone, the mean delta at k = 2 rose from +0.45
+# to +1.82 and the spread at k = 4 fell from 2.10 to 0.56; every budget within 1.25x). The smoke run's 64
+# images need more for a batch of 32.
+SCREEN_SHARE, SMOKE_SCREEN_SHARE = 0.2, 1.5
 SAMPLERS, SPACES = (next(f for f in dataclasses.fields(SearchConfig) if f.name == name).metadata["choices"]
                     for name in ("sampler", "space"))
 # Compute is counted in forward passes of one image: a KD training image costs the student's forward and
@@ -183,13 +192,18 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--fidelity", type=int, default=0, help="plans of the first budget's study whose screening "
                                                                 "scores are checked against retraining (0 = skip) "
                                                                 "[default: 0]")
-    # Issue 12's compute target is 1.25x the baseline's at every budget, the whole screening charged to each:
-    # 21 screens of 4 x 64 recalibration + 200 evaluation images are 0.80 epochs of 3,000 images, a sixth of
-    # the first budget's E = 5. Seven screens per budget: four tilts (the stage space) are what a GP or
-    # random search can place in seven draws.
+    # Issue 12's compute target is 1.25x the baseline's at every budget: 7 screens of 4 x 64 recalibration + 200
+    # evaluation images are 0.27 epochs of 3,000 images, 5 % of the first budget's E = 5. Seven screens per
+    # budget: four tilts (the stage space) are what a GP or random search can place in seven draws.
     parser.set_defaults(space="stage", epochs_per_step=5, n_trials=21, bn_calib_batches=4, screen_subset=200)
     parser.add_argument("--fidelity-epochs", type=int, default=1,
                         help="KD epochs of the fidelity check's retraining, after one prune [default: 1]")
+    parser.add_argument("--screen-share", type=float, default=None,
+                        help="with --fit-budgets, a budget's screens may cost this share of the baseline's compute "
+                             "at that budget: each screen then trains one KD epoch on as many images of the "
+                             "search's split as that buys, after its recalibration (0 = recalibration only) "
+                             f"[default: {SCREEN_SHARE} ({SMOKE_SCREEN_SHARE} with --smoke) with --fit-budgets and "
+                             f"without --trial-subset or --fidelity; else 0]")
     args = finish_args(parser, argv, SMOKE, "search_vs_baseline")
     if args.seeds < 1 or args.first_seed < 0:
         raise UserError(f"--seeds {args.seeds} --first-seed {args.first_seed}: give at least one seed, from 0 up")
@@ -200,6 +214,16 @@ def parse_args(argv: list[str] | None):
     if not 0 <= args.fidelity <= first_study or args.fidelity in (1, 2):
         raise UserError(f"--fidelity {args.fidelity}: give 0 (skip) or 3..{first_study} plans (the screens of the "
                         f"first budget's study)")
+    if args.screen_share is None:
+        screens_fit = args.fit_budgets and not args.trial_subset and not args.fidelity
+        args.screen_share = (SMOKE_SCREEN_SHARE if args.smoke else SCREEN_SHARE) if screens_fit else 0.0
+    if args.screen_share < 0:
+        raise UserError(f"--screen-share {args.screen_share}: give a share >= 0 (0 = recalibration only)")
+    for given, clash in ((not args.fit_budgets, "--no-fit-budgets (the share is of each budget's compute)"),
+                         (args.trial_subset, "--trial-subset (the share sizes each screen's KD epoch)"),
+                         (args.fidelity, "--fidelity (it compares recalibration with one full epoch)")):
+        if args.screen_share and given:
+            raise UserError(f"--screen-share {args.screen_share} and {clash}: drop one of them")
     if args.fit_budgets and args.n_trials < len(budget_steps(args.steps)):
         raise UserError(f"--n-trials {args.n_trials}: --fit-budgets needs at least one screen per budget "
                         f"({len(budget_steps(args.steps))})")
@@ -207,10 +231,15 @@ def parse_args(argv: list[str] | None):
 
 
 def argv_of(**flags) -> list[str]:
-    """``--name value`` pairs (``flag_name`` -> ``--flag-name``; a list value gives several values)."""
+    """``--name value`` pairs (``flag_name`` -> ``--flag-name``; a list value gives several values; a bool,
+    ``--flag-name`` or ``--no-flag-name``)."""
     argv = []
     for name, value in flags.items():
-        argv += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{'' if value else 'no-'}{flag}")
+        else:
+            argv += [f"--{flag}", *map(str, value if isinstance(value, list) else [value])]
     return argv
 
 
@@ -310,6 +339,19 @@ def screen_epochs(recorded: dict, sizes: Sizes) -> float:
     return (passes + sizes.screen_eval_images) / (sizes.train_images * TRAIN_PASSES)
 
 
+def ran_trials(study: optuna.Study) -> list:
+    """The screens that did the work: complete, or failed after it (a failed plan is still paid for)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+
+
+def study_cost(study: optuna.Study) -> dict:
+    """A screening study's epoch-equivalents, and its screens' KD epochs and the images they train on."""
+    recorded = study.user_attrs["config"]
+    sizes = split_sizes(recorded)
+    return {"screening_epochs": round(len(ran_trials(study)) * screen_epochs(recorded, sizes), 4),
+            **{name: recorded[name] for name in ("trial_epochs", "trial_subset")}}
+
+
 def split_sizes(recorded: dict) -> Sizes:
     """The image counts of ``Sizes`` for the study's recorded config."""
     r = SimpleNamespace(**with_defaults(recorded, SearchConfig))
@@ -370,8 +412,14 @@ class Seed:
         argv = merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
             prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler, space=self.args.space,
-            trial_subset=self.args.trial_subset, **fidelity, **screen_subset(self.args)), sizing)
+            # a fidelity may set its own trial_subset (--screen-share): merged into one keyword, not given twice
+            **{"trial_subset": self.args.trial_subset, **fidelity}, **screen_subset(self.args)), sizing)
         self.study_seconds[study_name] = self.run(side, search_cli.main, "python -m search", argv)
+
+    def screen_config(self) -> SearchConfig:
+        """The config of this seed's screens before any has run, on the search's whole training split."""
+        return parse_config(merged(self.args.flags, self.schedule, argv_of(trial_subset=0, **screen_subset(self.args))),
+                            SearchConfig, presets=SEARCH_PRESETS)
 
     def retrain(self, side: str, study_name: str, out: Path, trials: list[int], **protocol) -> list[dict]:
         """``python -m search.retrain`` of ``trials`` of study ``study_name`` with ``protocol`` and the run flags
@@ -385,6 +433,7 @@ class Seed:
 def run_seed(args, seed: int) -> dict:
     """Teacher, baseline, screening search and the retrained picks of one seed; the seed's figures."""
     s = Seed(args, seed)
+    fidelities = screen_fidelities(s)  # before any training: a share too small for one batch fails in seconds
     s.train_teacher()
     s.run("baseline", iterative.main, "baselines/iterative.py",
           merged(args.flags, s.schedule, argv_of(teacher=s.teacher, out=s.root / "baseline")))
@@ -392,7 +441,7 @@ def run_seed(args, seed: int) -> dict:
     dense, baseline = rows[0]["params"], rows[1:]
     steps = budget_steps(args.steps)
     models = {k: baseline_model(baseline, k, args) for k in steps}
-    studies = screen(s, {k: models[k]["params"] for k in steps})
+    studies = screen(s, {k: models[k]["params"] for k in steps}, fidelities)
     loaded = {name: load_study(s.storage, name) for name in set(studies.values())}  # one study for all, or one each
     recorded = loaded[studies[steps[0]]].user_attrs["config"]
     sizes = split_sizes(recorded)
@@ -402,7 +451,7 @@ def run_seed(args, seed: int) -> dict:
         base, study = models[k], loaded[studies[k]]
         trials = screened(study)
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
-               "baseline_test_top1": base["test_top1"], "baseline_epochs": k * args.epochs_per_step + final,
+               "baseline_test_top1": base["test_top1"], "baseline_epochs": baseline_epochs(k, args),
                "study": studies[k], "candidates": len(in_window(trials, base["params"])), "trial": None,
                "search_params": None, "search_screen_top1": None, "search_screen_val_loss": None,
                "search_test_top1": None, "search_epochs": 0, "delta_top1": None, "same_widths": None}
@@ -420,11 +469,19 @@ def run_seed(args, seed: int) -> dict:
                        # the baseline's own (enqueued) plan: its delta is the protocol's run-to-run noise
                        same_widths=widths_of(done) == widths_of(base))
         budgets.append(row)
-    ran = sum(len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
-              for study in loaded.values())
-    screening = ran * screen_epochs(recorded, sizes)
-    for b in budgets:  # one model at this budget: the whole screening, then its retraining, vs the baseline's run
-        b["compute_ratio"] = None if b["trial"] is None else ratio(screening + b["search_epochs"], b["baseline_epochs"])
+    ran = sum(len(ran_trials(study)) for study in loaded.values())
+    costs = {name: study_cost(study) for name, study in loaded.items()}
+    screening = sum(cost["screening_epochs"] for cost in costs.values())
+    for b in budgets:
+        # One model at this budget costs the screening it was picked from (with --fit-budgets its own study: what
+        # a user who wants this one model runs; else the one study of all budgets), then its retraining.
+        b.update(costs[b["study"]])
+        b["compute_ratio"] = None if b["trial"] is None else ratio(b["screening_epochs"] + b["search_epochs"],
+                                                                   b["baseline_epochs"])
+        if args.screen_share and b["screening_epochs"] > args.screen_share * b["baseline_epochs"] + 1e-3:
+            print(f"note: the screens of {b['study']} cost {b['screening_epochs']} epochs, over --screen-share "
+                  f"{args.screen_share} of the baseline's {b['baseline_epochs']}: failed screens were retried",
+                  file=sys.stderr)
     retrained_epochs = sum(b["search_epochs"] for b in budgets)
     at_budgets = [{"params": b["baseline_params"], "test_top1": b["baseline_test_top1"]} for b in budgets]
     result = {
@@ -449,9 +506,23 @@ def baseline_model(baseline: list[dict], k: int, args) -> dict:
     return next(r for r in baseline if int(r["step"]) == (k + 1 if k == args.steps and args.final_epochs else k))
 
 
-def screen(s: Seed, budgets: dict[int, int]) -> dict[int, str]:
+def screen_fidelities(s: Seed) -> dict[int, dict]:
+    """Each budget's screen flags: recalibration only, or with ``--screen-share`` one KD epoch, at the run's T and
+    alpha (widths alone, as a retrain keeps them), on as many images as the budget's share buys."""
+    args, steps = s.args, budget_steps(s.args.steps)
+    if not args.screen_share:
+        return {k: {"trial_epochs": 0} for k in steps}
+    cfg = s.screen_config()
+    sizes = split_sizes(config_dict(cfg))
+    return {k: {"trial_epochs": 1, "tune_kd": False, "trial_subset": kd_screen_images(
+                args.screen_share, baseline_epochs(k, args), n, sizes, args.bn_calib_batches, cfg.batch_size)}
+            for k, n in zip(steps, split_trials(args.n_trials, len(steps)))}
+
+
+def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict]) -> dict[int, str]:
     """The screening studies (their names by budget step k): with ``--fit-budgets`` one per budget, the
-    ``--n-trials`` split between them, each plan fitted to the budget; else one study for all budgets."""
+    ``--n-trials`` split between them, each plan fitted to the budget, each at its ``fidelities``; else one
+    study for all budgets (recalibration only)."""
     args = s.args
     if not args.fit_budgets:
         s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials, trial_epochs=0,
@@ -460,8 +531,28 @@ def screen(s: Seed, budgets: dict[int, int]) -> dict[int, str]:
     names = {k: f"{s.study_name}-k{k}" for k in budgets}
     for (k, params), n_trials in zip(budgets.items(), split_trials(args.n_trials, len(budgets))):
         s.search("search_screening", names[k], args.sampler, target_params=params, n_trials=n_trials,
-                 trial_epochs=0, bn_calib_batches=args.bn_calib_batches)
+                 bn_calib_batches=args.bn_calib_batches, **fidelities[k])
     return names
+
+
+def kd_screen_images(share: float, epochs: float, n_screens: int, sizes: Sizes, bn_calib_batches: int,
+                     batch_size: int) -> int:
+    """Images of one KD epoch per screen such that ``n_screens`` screens (recalibration, the epoch, evaluation, as
+    ``screen_epochs`` counts them) cost at most ``share`` of ``epochs`` epochs of the baseline's training set; at
+    most the search's whole split, at least one batch (else a UserError). A failed screen is paid for and
+    retried, so a study with failures spends more (``run_seed`` says so)."""
+    passes = share * epochs * sizes.train_images * TRAIN_PASSES / n_screens
+    images = int((passes - bn_calib_batches * batch_size - sizes.screen_eval_images) // TRAIN_PASSES)
+    if images < batch_size:
+        raise UserError(f"--screen-share {share}: {n_screens} screens at a budget of {epochs:g} epochs buy "
+                        f"{max(images, 0)} KD images each, under one batch ({batch_size}): raise --screen-share or "
+                        f"lower --n-trials")
+    return min(images, sizes.screen_images)
+
+
+def baseline_epochs(k: int, args) -> int:
+    """The baseline's epochs up to its model after k steps: k x E, and its F closing epochs at k = S."""
+    return k * args.epochs_per_step + (args.final_epochs if k == args.steps else 0)
 
 
 def split_trials(n: int, parts: int) -> list[int]:
@@ -555,7 +646,8 @@ def summarize(per_seed: list[dict]) -> dict:
     for i, first in enumerate(per_seed[0]["budgets"]):
         rows = [s["budgets"][i] for s in per_seed]
         row = {"step": first["step"]}
-        for key in (*BUDGET_KEYS, "search_screen_top1", "search_screen_val_loss", "compute_ratio", "candidates"):
+        for key in (*BUDGET_KEYS, "search_screen_top1", "search_screen_val_loss", "screening_epochs", "compute_ratio",
+                    "candidates", "trial_epochs", "trial_subset"):
             stats = mean_spread([r[key] for r in rows])
             row[key] = round(stats["mean"]) if key.endswith("params") and stats["n"] else stats["mean"]
             if key.endswith("top1"):
@@ -615,7 +707,8 @@ def run(argv: list[str] | None) -> dict:
               "flags": args.flags, "steps": args.steps, "ratio": args.ratio, "epochs_per_step": args.epochs_per_step,
               "final_epochs": args.final_epochs, "n_trials": args.n_trials, "sampler": args.sampler,
               "bn_calib_batches": args.bn_calib_batches, "trial_subset": args.trial_subset,
-              "screen_subset": args.screen_subset, "fit_budgets": args.fit_budgets, "space": args.space,
+              "screen_subset": args.screen_subset, "screen_share": args.screen_share, "fit_budgets": args.fit_budgets,
+              "space": args.space,
               "mean_ratio": args.mean_ratio and not args.fit_budgets, **summary,
               "fidelity": per_seed[0].get("fidelity"),
               "per_seed": per_seed}
@@ -628,7 +721,7 @@ def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> 
     print(protocol)
     spread = args.seeds > 1
     seeds_columns = ["delta_top1_std", "delta_top1_sem", "wins"] if spread else []
-    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "compute_ratio"]
+    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "screening_epochs", "compute_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"
                                              f"{args.seeds} seed(s))")
     hv, ep, wall = summary["hypervolume"], summary["epochs"], summary["wall_s"]

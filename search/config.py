@@ -54,6 +54,9 @@ class SearchConfig(RunConfig, StudyFields):
     target_params: int = opt(0, "screen every plan at this budget: each trial's tilts (tilt/<group>, log-odds "
                                 "of its ratio) set the shape of the largest plan of at most this many params "
                                 "(0 = sizes sampled)")
+    # Off: screens with KD epochs score widths alone, at the KD settings a retrain keeps (search_vs_baseline).
+    tune_kd: bool = opt(True, "trials with KD epochs also sample --temperature and --alpha (off: every trial keeps "
+                              "the run's)")
     search_kd: bool = opt(False, "also search the KD loss (--kd choices), --beta and --dkd-beta (log scale)")
     # --- objectives and budgets ---
     objective_cost: str = opt("params", "second objective, minimised: params, flops (MACs) or latency (ms, batch 1, "
@@ -85,6 +88,9 @@ class SearchConfig(RunConfig, StudyFields):
         for name in ("n_trials", "n_workers", "prune_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.search_kd and not self.tune_kd:
+            raise UserError("--search-kd with --no-tune-kd: the KD loss is searched with its temperature and alpha; "
+                            "drop one of them")
         if self.mean_ratio and self.target_params:
             raise UserError("--mean-ratio and --target-params: give one (a target fixes each plan's size, "
                             "--mean-ratio samples it)")

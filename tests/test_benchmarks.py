@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from benchmarks import kd_kinds, latency, prune_step, samplers, search_vs_baseline, train_throughput
 from distill.losses import KD_KINDS
 from distill.results import read_csv
+from pruning.errors import UserError
 from search.storage import load_study
 
 
@@ -140,6 +141,10 @@ def test_search_vs_baseline_smoke_compares_like_for_like(tmp_path):
     study = load_study(str(work / "studies.db"), "seed1")
     assert study.user_attrs["config"]["mean_ratio"] and all("mean_ratio" in t.params for t in study.trials)
     assert epochs["search"] == pytest.approx(epochs["search_screening"] + epochs["search_retrain"])
+    for mine in seed["budgets"]:  # one study for all budgets: each budget's model is charged all of it
+        assert mine["screening_epochs"] == pytest.approx(epochs["search_screening"], abs=1e-4)
+        assert mine["compute_ratio"] == pytest.approx(
+            (mine["screening_epochs"] + mine["search_epochs"]) / mine["baseline_epochs"], abs=1e-4)
     dense = baseline[0]["params"]  # the reference point: 0 % and the teacher's params
     assert result["hypervolume"]["reference"] == {"test_top1": 0.0, "params": dense}
     for side in ("baseline", "search"):  # of the models at the budgets, on each side
@@ -177,6 +182,10 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
     assert seed["trials"] == result["n_trials"]  # both studies' screens
     screen_passes = seed["trials"] * (32 + 5)
     assert result["epochs"]["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
+    for b in seed["budgets"]:  # each budget's model is charged its own study's screens (what a user of one runs)
+        assert b["screening_epochs"] == pytest.approx(result["epochs"]["search_screening"] / 2, abs=1e-4)
+        assert (b["trial_epochs"], b["trial_subset"]) == (0, 0) and b["compute_ratio"] == pytest.approx(
+            (b["screening_epochs"] + b["search_epochs"]) / b["baseline_epochs"], abs=1e-4)
     first = seed["budgets"][0]
     fidelity = result["fidelity"]
     rows = fidelity["rows"]
@@ -205,6 +214,53 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
             assert b["trial"] == best.number and b["search_screen_val_loss"] == best.user_attrs["val_loss"]
 
 
+def test_search_vs_baseline_screen_share_buys_each_budgets_screens_one_kd_epoch(tmp_path):
+    """--screen-share X (the default with --fit-budgets; 1.5 with --smoke): a budget's screens train one KD epoch
+    (widths alone: the run's T and alpha) on as many images of the search's split as X of the baseline's compute
+    at that budget buys, so each budget's compute_ratio is at most 1 + X."""
+    work = tmp_path / "work"
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5")
+    assert result["screen_share"] == search_vs_baseline.SMOKE_SCREEN_SHARE == 1.5
+    seed = result["per_seed"][0]
+    images = []
+    for b in seed["budgets"]:
+        study = load_study(str(work / "studies.db"), b["study"])
+        cfg = study.user_attrs["config"]
+        assert (cfg["trial_epochs"], cfg["tune_kd"], cfg["bn_calib_batches"]) == (1, False, 1)
+        assert all({"temperature", "alpha"}.isdisjoint(t.params) for t in study.trials)
+        assert (b["trial_epochs"], b["trial_subset"]) == (1, cfg["trial_subset"]) and cfg["trial_subset"] >= 32
+        # as screen_epochs counts a screen: one recalibration batch of 32, the KD epoch, 5 held-out images
+        passes = (result["n_trials"] // 2) * (32 + 4 * cfg["trial_subset"] + 5)
+        assert b["screening_epochs"] == pytest.approx(passes / (4 * seed["train_images"]), abs=1e-4)
+        assert b["screening_epochs"] <= 1.5 * b["baseline_epochs"]
+        assert b["compute_ratio"] == pytest.approx(
+            (b["screening_epochs"] + b["search_epochs"]) / b["baseline_epochs"], abs=1e-4)
+        assert b["compute_ratio"] <= 1 + 1.5
+        images.append(cfg["trial_subset"])
+    # k = 1: 2 screens may spend 1.5 of 1 epoch; k = 2 (3 epochs) buys more than the split holds: all of it
+    assert images[0] == int((1.5 * 1 * seed["train_images"] * 4 / 2 - 32 - 5) // 4) < images[1]
+    assert result["epochs"]["search_screening"] == pytest.approx(
+        sum(b["screening_epochs"] for b in seed["budgets"]), abs=1e-3)
+
+
+def test_kd_screen_images_spend_the_share_and_no_more():
+    sizes = search_vs_baseline.Sizes(train_images=3000, screen_images=2700, screen_eval_images=200)
+    # the README's run: 7 screens per budget, 4 recalibration batches of 64, E = 5, S = 4, F = 1
+    images = [search_vs_baseline.kd_screen_images(0.2, epochs, 7, sizes, 4, 64) for epochs in (5, 10, 21)]
+    assert images == [314, 743, 1686]
+    for n, epochs in zip(images, (5, 10, 21)):
+        spent = 7 * (4 * 64 + 4 * n + 200) / (4 * 3000)
+        assert spent <= 0.2 * epochs < spent + 7 * 4 / (4 * 3000)  # within one image per screen of the share
+    assert search_vs_baseline.kd_screen_images(5.0, 21, 7, sizes, 4, 64) == 2700  # at most the whole split
+    with pytest.raises(UserError, match="--screen-share 0.05: 7 screens .* under one batch"):
+        search_vs_baseline.kd_screen_images(0.05, 5, 7, sizes, 4, 64)
+
+
+def test_argv_of_writes_flags_as_the_entry_points_parse_them():
+    assert search_vs_baseline.argv_of(trial_subset=743, trials=[1, 2], tune_kd=False, mean_ratio=True) == [
+        "--trial-subset", "743", "--trials", "1", "2", "--no-tune-kd", "--mean-ratio"]
+
+
 def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_screens(tmp_path, capsys):
     parse = lambda *flags: search_vs_baseline.parse_args(["--smoke", "--work", str(tmp_path), *flags])
     assert parse().n_trials == search_vs_baseline.SMOKE["n_trials"] and parse("--n-trials", "6").n_trials == 6
@@ -212,6 +268,17 @@ def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_
         search_vs_baseline.main(["--smoke", "--fidelity", "3"])  # 4 screens over 2 budgets: 2 in the first study
     assert exc.value.code == 2
     assert "--fidelity needs at least 3 screens in the first budget's study, which gets 2" in capsys.readouterr().err
+    for clash, flags in (("--no-fit-budgets", ["--no-fit-budgets"]), ("--trial-subset", ["--trial-subset", "100"]),
+                         ("--fidelity", ["--n-trials", "6", "--fidelity", "3"])):
+        with pytest.raises(UserError, match=f"--screen-share 0.2 and {clash} .*: drop one of them"):
+            parse("--screen-share", "0.2", *flags)
+    with pytest.raises(UserError, match="--screen-share -1.0: give a share >= 0"):
+        parse("--screen-share", "-1")
+    # the default share: with --fit-budgets only, and neither --trial-subset nor --fidelity (which it would clash with)
+    assert search_vs_baseline.parse_args(["--work", str(tmp_path)]).screen_share == search_vs_baseline.SCREEN_SHARE
+    assert parse().screen_share == search_vs_baseline.SMOKE_SCREEN_SHARE
+    for flags in (["--no-fit-budgets"], ["--trial-subset", "100"], ["--n-trials", "6", "--fidelity", "3"]):
+        assert parse(*flags).screen_share == 0.0
 
 
 def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
@@ -231,8 +298,8 @@ def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
     def seed(delta, same):
         budget = {key: 1000 for key in search_vs_baseline.BUDGET_KEYS} | {
             "step": 1, "baseline_test_top1": 70.0, "search_test_top1": 70.0 + delta, "delta_top1": delta,
-            "search_screen_top1": 30.0, "search_screen_val_loss": 2.0, "compute_ratio": 1.1, "candidates": 7,
-            "same_widths": same}
+            "search_screen_top1": 30.0, "search_screen_val_loss": 2.0, "screening_epochs": 0.5, "compute_ratio": 1.1,
+            "candidates": 7, "trial_epochs": 0, "trial_subset": 0, "same_widths": same}
         return {"budgets": [budget], "hypervolume": {"baseline": 0.5, "search": 0.6, "reference": {"params": 9}},
                 "epochs": {"baseline": 5, "search": 6}, "wall_s": {"baseline": 1.0}}
 

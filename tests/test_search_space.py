@@ -203,7 +203,8 @@ def test_baseline_plans_have_the_widths_of_k_iterated_baseline_steps(space, mean
                                            ({"n_workers": 0}, "--n-workers"),
                                            ({"sampler": "cmaes"}, "--sampler"),
                                            ({"objective_cost": "energy"}, "--objective-cost"),
-                                           ({"study_name": "a/b"}, "--study-name")])
+                                           ({"study_name": "a/b"}, "--study-name"),
+                                           ({"search_kd": True, "tune_kd": False}, "--no-tune-kd")])
 def test_bad_search_flags_are_user_errors(changes, flag):
     with pytest.raises(UserError, match=flag):
         make_config(SearchConfig, changes)
@@ -314,3 +315,15 @@ def test_a_retrain_with_the_quick_preset_scores_on_the_quick_baselines_test_subs
     study = optuna.create_study(study_name="s", storage=open_storage(storage), directions=["maximize", "minimize"])
     study.set_user_attr("config", {"val_subset": 300})
     assert retrain_parse(["--study-name", "s", "--storage", storage, "--preset", "quick"]).val_subset == 1000
+
+
+def test_no_tune_kd_screens_with_kd_epochs_keep_the_runs_kd_settings():
+    """--no-tune-kd: a trial with KD epochs samples widths alone (T and alpha stay the run's, as a retrain has
+    them); with the default it samples both."""
+    fixed = make_config(SearchConfig, {"trial_epochs": 1, "tune_kd": False})
+    tuned = make_config(SearchConfig, {"trial_epochs": 1})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    ratios, changes = suggest(trial, fixed, LAYERS)
+    assert changes == {} and set(trial.params) == set(ratio_params(LAYERS, "layer")) and len(ratios) == 32
+    assert set(suggest(study.ask(), tuned, LAYERS)[1]) == {"temperature", "alpha"}

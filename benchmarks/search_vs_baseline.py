@@ -344,12 +344,28 @@ def ran_trials(study: optuna.Study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
 
 
-def study_cost(study: optuna.Study) -> dict:
-    """A screening study's epoch-equivalents, and its screens' KD epochs and the images they train on."""
+def study_cost(study: optuna.Study, teacher_macs: int) -> dict:
+    """A screening study's cost in epoch-equivalents and in multiply-accumulates (each screen's plan at its own
+    MACs: recalibration and evaluation forwards, KD images as ``train_macs``), and its screens' KD epochs and the
+    images they train on."""
     recorded = study.user_attrs["config"]
     sizes = split_sizes(recorded)
+    bn_images = min(recorded["bn_calib_batches"] * recorded["batch_size"], sizes.screen_images)
+    kd_images = recorded["trial_epochs"] * sizes.screen_images
+    macs = 0
+    for trial in ran_trials(study):
+        plan = trial.user_attrs.get("flops", teacher_macs)  # one that failed before it was measured: the teacher's
+        macs += (recorded["prune_steps"] * (bn_images * plan + kd_images * ((TRAIN_PASSES - 1) * plan + teacher_macs))
+                 + sizes.screen_eval_images * plan)
     return {"screening_epochs": round(len(ran_trials(study)) * screen_epochs(recorded, sizes), 4),
-            **{name: recorded[name] for name in ("trial_epochs", "trial_subset")}}
+            "screening_macs": macs, **{name: recorded[name] for name in ("trial_epochs", "trial_subset")}}
+
+
+def train_macs(rows: list[dict], images: int, teacher_macs: int) -> int:
+    """Multiply-accumulates of the KD training of a run's ``rows`` (each step's epochs on ``images`` at its
+    model's MACs): per image the student's forward and backward (3 forwards, as ``TRAIN_PASSES`` counts them)
+    and the teacher's forward. A plan that keeps channels where feature maps are large costs more per image."""
+    return sum(int(r["epochs"]) * images * ((TRAIN_PASSES - 1) * int(r["flops"]) + teacher_macs) for r in rows)
 
 
 def split_sizes(recorded: dict) -> Sizes:
@@ -438,7 +454,7 @@ def run_seed(args, seed: int) -> dict:
     s.run("baseline", iterative.main, "baselines/iterative.py",
           merged(args.flags, s.schedule, argv_of(teacher=s.teacher, out=s.root / "baseline")))
     rows = read_csv(s.root / "baseline" / "pruning_logs.csv")
-    dense, baseline = rows[0]["params"], rows[1:]
+    (dense, teacher_macs), baseline = (rows[0]["params"], rows[0]["flops"]), rows[1:]
     steps = budget_steps(args.steps)
     models = {k: baseline_model(baseline, k, args) for k in steps}
     studies = screen(s, {k: models[k]["params"] for k in steps}, fidelities)
@@ -452,6 +468,8 @@ def run_seed(args, seed: int) -> dict:
         trials = screened(study)
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
                "baseline_test_top1": base["test_top1"], "baseline_epochs": baseline_epochs(k, args),
+               "baseline_macs": train_macs([r for r in baseline if int(r["step"]) <= int(base["step"])],
+                                           sizes.train_images, teacher_macs), "search_retrain_macs": 0,
                "study": studies[k], "candidates": len(in_window(trials, base["params"])), "trial": None,
                "search_params": None, "search_screen_top1": None, "search_screen_val_loss": None,
                "search_test_top1": None, "search_epochs": 0, "delta_top1": None, "same_widths": None}
@@ -465,19 +483,23 @@ def run_seed(args, seed: int) -> dict:
             row.update(trial=chosen["number"], search_params=done["params"], search_screen_top1=chosen["score"],
                        search_screen_val_loss=chosen["val_loss"],
                        search_test_top1=done["test_top1"], search_epochs=sum(r["epochs"] for r in retrained),
+                       search_retrain_macs=train_macs(retrained, sizes.train_images, teacher_macs),
                        delta_top1=round(done["test_top1"] - base["test_top1"], 4),
                        # the baseline's own (enqueued) plan: its delta is the protocol's run-to-run noise
                        same_widths=widths_of(done) == widths_of(base))
         budgets.append(row)
     ran = sum(len(ran_trials(study)) for study in loaded.values())
-    costs = {name: study_cost(study) for name, study in loaded.items()}
+    costs = {name: study_cost(study, teacher_macs) for name, study in loaded.items()}
     screening = sum(cost["screening_epochs"] for cost in costs.values())
+    screening_macs = sum(cost["screening_macs"] for cost in costs.values())
     for b in budgets:
         # One model at this budget costs the screening it was picked from (with --fit-budgets its own study: what
         # a user who wants this one model runs; else the one study of all budgets), then its retraining.
         b.update(costs[b["study"]])
         b["compute_ratio"] = None if b["trial"] is None else ratio(b["screening_epochs"] + b["search_epochs"],
                                                                    b["baseline_epochs"])
+        b["macs_ratio"] = None if b["trial"] is None else ratio(b["screening_macs"] + b["search_retrain_macs"],
+                                                                b["baseline_macs"])
         if args.screen_share and b["screening_epochs"] > args.screen_share * b["baseline_epochs"] + 1e-3:
             print(f"note: the screens of {b['study']} cost {b['screening_epochs']} epochs, over --screen-share "
                   f"{args.screen_share} of the baseline's {b['baseline_epochs']}: failed screens were retried",
@@ -490,7 +512,10 @@ def run_seed(args, seed: int) -> dict:
                         "baseline_every_step": hypervolume(baseline, dense),
                         "reference": {"test_top1": 0.0, "params": dense}},
         "epochs": {"baseline": sum(r["epochs"] for r in baseline), "search": round(screening + retrained_epochs, 4),
-                   "search_screening": round(screening, 4), "search_retrain": retrained_epochs}}
+                   "search_screening": round(screening, 4), "search_retrain": retrained_epochs},
+        "macs": {"baseline": train_macs(baseline, sizes.train_images, teacher_macs),
+                 "search": screening_macs + sum(b["search_retrain_macs"] for b in budgets),
+                 "search_screening": screening_macs, "search_retrain": sum(b["search_retrain_macs"] for b in budgets)}}
     if args.fidelity and seed == args.first_seed:
         first = studies[steps[0]]
         result["fidelity"] = fidelity(s, first, models[steps[0]]["params"] if args.fit_budgets else 0,
@@ -509,13 +534,15 @@ def baseline_model(baseline: list[dict], k: int, args) -> dict:
 def screen_fidelities(s: Seed) -> dict[int, dict]:
     """Each budget's screen flags: recalibration only, or with ``--screen-share`` one KD epoch, at the run's T and
     alpha (widths alone, as a retrain keeps them), on as many images as the budget's share buys."""
+    # The flags in the order earlier runs recorded them (<work>/seconds.json keys a finished command by its line).
     args, steps = s.args, budget_steps(s.args.steps)
     if not args.screen_share:
-        return {k: {"trial_epochs": 0} for k in steps}
+        return {k: {"trial_epochs": 0, "bn_calib_batches": args.bn_calib_batches} for k in steps}
     cfg = s.screen_config()
     sizes = split_sizes(config_dict(cfg))
-    return {k: {"trial_epochs": 1, "tune_kd": False, "trial_subset": kd_screen_images(
-                args.screen_share, baseline_epochs(k, args), n, sizes, args.bn_calib_batches, cfg.batch_size)}
+    return {k: {"bn_calib_batches": args.bn_calib_batches, "trial_epochs": 1, "tune_kd": False,
+                "trial_subset": kd_screen_images(args.screen_share, baseline_epochs(k, args), n, sizes,
+                                                 args.bn_calib_batches, cfg.batch_size)}
             for k, n in zip(steps, split_trials(args.n_trials, len(steps)))}
 
 
@@ -531,7 +558,7 @@ def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict]) -> dic
     names = {k: f"{s.study_name}-k{k}" for k in budgets}
     for (k, params), n_trials in zip(budgets.items(), split_trials(args.n_trials, len(budgets))):
         s.search("search_screening", names[k], args.sampler, target_params=params, n_trials=n_trials,
-                 bn_calib_batches=args.bn_calib_batches, **fidelities[k])
+                 **fidelities[k])
     return names
 
 
@@ -647,7 +674,7 @@ def summarize(per_seed: list[dict]) -> dict:
         rows = [s["budgets"][i] for s in per_seed]
         row = {"step": first["step"]}
         for key in (*BUDGET_KEYS, "search_screen_top1", "search_screen_val_loss", "screening_epochs", "compute_ratio",
-                    "candidates", "trial_epochs", "trial_subset"):
+                    "macs_ratio", "candidates", "trial_epochs", "trial_subset"):
             stats = mean_spread([r[key] for r in rows])
             row[key] = round(stats["mean"]) if key.endswith("params") and stats["n"] else stats["mean"]
             if key.endswith("top1"):
@@ -668,9 +695,10 @@ def summarize(per_seed: list[dict]) -> dict:
         return out
 
     hv = means("hypervolume") | {"reference": per_seed[0]["hypervolume"]["reference"]}
-    epochs = means("epochs")
-    epochs["search_over_baseline"] = ratio(epochs["search"], epochs["baseline"])
-    return {"budgets": budgets, "hypervolume": hv, "epochs": epochs, "wall_s": means("wall_s")}
+    epochs, macs = means("epochs"), means("macs")
+    for section in (epochs, macs):
+        section["search_over_baseline"] = ratio(section["search"], section["baseline"])
+    return {"budgets": budgets, "hypervolume": hv, "epochs": epochs, "macs": macs, "wall_s": means("wall_s")}
 
 
 @contextlib.contextmanager
@@ -721,7 +749,7 @@ def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> 
     print(protocol)
     spread = args.seeds > 1
     seeds_columns = ["delta_top1_std", "delta_top1_sem", "wins"] if spread else []
-    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "screening_epochs", "compute_ratio"]
+    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "screening_epochs", "compute_ratio", "macs_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"
                                              f"{args.seeds} seed(s))")
     hv, ep, wall = summary["hypervolume"], summary["epochs"], summary["wall_s"]
@@ -729,6 +757,8 @@ def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> 
           f"{hv['reference']['params']:,} params): baseline {hv['baseline']:.4f}, search {hv['search']:.4f}")
     print(f"epochs (of the baseline's training set): baseline {ep['baseline']}, search {ep['search']} (screening "
           f"{ep['search_screening']} + retraining {ep['search_retrain']}) = {ep['search_over_baseline']}x")
+    print(f"multiply-accumulates: search / baseline = {summary['macs']['search_over_baseline']}x (per budget: "
+          f"macs_ratio)")
     print(f"{args.clock} seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in wall.items() if not k.endswith("_std")
                                                  and v is not None))
     if fidelity_result:

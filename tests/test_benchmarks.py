@@ -180,6 +180,8 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
         assert {c: v for c, v in done[0].user_attrs.items() if c.startswith("ch/")} == widths  # enqueued: its own
         assert b["search_params"] <= b["budget_params"]
     assert seed["trials"] == result["n_trials"]  # both studies' screens
+    # the screens' flags in the order earlier runs recorded them: <work>/seconds.json keys a command by its line
+    assert sum("--n-trials 3 --trial-epochs 0 --bn-calib-batches 1 " in c for c in seed["commands"]) == 2
     screen_passes = seed["trials"] * (32 + 5)
     assert result["epochs"]["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
     for b in seed["budgets"]:  # each budget's model is charged its own study's screens (what a user of one runs)
@@ -239,6 +241,29 @@ def test_search_vs_baseline_screen_share_buys_each_budgets_screens_one_kd_epoch(
         images.append(cfg["trial_subset"])
     # k = 1: 2 screens may spend 1.5 of 1 epoch; k = 2 (3 epochs) buys more than the split holds: all of it
     assert images[0] == int((1.5 * 1 * seed["train_images"] * 4 / 2 - 32 - 5) // 4) < images[1]
+    # Multiply-accumulates, from the runs' own records: a KD image costs the student's forward and backward (3 x
+    # its MACs) and the teacher's forward; a recalibration or held-out image one forward of the screened plan.
+    baseline = read_csv(work / "seed0" / "baseline" / "pruning_logs.csv")
+    teacher, n = baseline[0]["flops"], seed["train_images"]
+
+    def trained(rows: list[dict]) -> int:
+        return sum(r["epochs"] * n * (3 * r["flops"] + teacher) for r in rows)
+
+    for b in seed["budgets"]:
+        k, study = b["step"], load_study(str(work / "studies.db"), b["study"])
+        upto = k + 1 if k == result["steps"] else k  # the closing epochs' row at k = S
+        assert b["baseline_macs"] == trained([r for r in baseline[1:] if r["step"] <= upto])
+        retrained = read_csv(work / "seed0" / "retrain" / f"k{k}_trial{b['trial']}" / b["study"] / "retrain"
+                             / "pruning_logs.csv")
+        assert b["search_retrain_macs"] == trained(retrained)
+        plans = [t.user_attrs["flops"] for t in study.trials]
+        assert b["screening_macs"] == sum((32 + 5) * p + b["trial_subset"] * (3 * p + teacher) for p in plans)
+        assert b["macs_ratio"] == pytest.approx((b["screening_macs"] + b["search_retrain_macs"]) / b["baseline_macs"],
+                                                abs=1e-4)
+    macs = result["macs"]
+    assert macs["search"] == macs["search_screening"] + macs["search_retrain"]
+    assert macs["baseline"] == trained(baseline[1:]) and macs["search_over_baseline"] == pytest.approx(
+        macs["search"] / macs["baseline"], abs=1e-4)
     assert result["epochs"]["search_screening"] == pytest.approx(
         sum(b["screening_epochs"] for b in seed["budgets"]), abs=1e-3)
 
@@ -299,15 +324,18 @@ def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
         budget = {key: 1000 for key in search_vs_baseline.BUDGET_KEYS} | {
             "step": 1, "baseline_test_top1": 70.0, "search_test_top1": 70.0 + delta, "delta_top1": delta,
             "search_screen_top1": 30.0, "search_screen_val_loss": 2.0, "screening_epochs": 0.5, "compute_ratio": 1.1,
-            "candidates": 7, "trial_epochs": 0, "trial_subset": 0, "same_widths": same}
+            "macs_ratio": 1.3, "candidates": 7, "trial_epochs": 0, "trial_subset": 0, "same_widths": same}
         return {"budgets": [budget], "hypervolume": {"baseline": 0.5, "search": 0.6, "reference": {"params": 9}},
-                "epochs": {"baseline": 5, "search": 6}, "wall_s": {"baseline": 1.0}}
+                "epochs": {"baseline": 5, "search": 6}, "macs": {"baseline": 10, "search": 13},
+                "wall_s": {"baseline": 1.0}}
 
     row = search_vs_baseline.summarize([seed(1.0, False), seed(3.0, False), seed(0.0, True)])["budgets"][0]
     std = math.sqrt(((1 - 4 / 3) ** 2 + (3 - 4 / 3) ** 2 + (4 / 3) ** 2) / 2)
     assert row["delta_top1"] == pytest.approx(4 / 3, abs=1e-4) and row["delta_top1_std"] == pytest.approx(std, abs=1e-4)
     assert row["delta_top1_sem"] == pytest.approx(std / math.sqrt(3), abs=1e-4)
     assert (row["wins"], row["same_widths"], row["seeds"]) == (2, 1, 3)
+    summary = search_vs_baseline.summarize([seed(1.0, False)])
+    assert summary["macs"]["search_over_baseline"] == 1.3 and summary["budgets"][0]["macs_ratio"] == 1.3
     assert search_vs_baseline.summarize([seed(1.0, False)])["budgets"][0]["delta_top1_sem"] is None
 
 

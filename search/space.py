@@ -80,7 +80,8 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
         else:
             values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
         ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
-    if not cfg.trial_epochs or not cfg.tune_kd:  # screens without KD epochs (BN recalibration) cannot score them
+    # Screens without KD epochs (BN recalibration) cannot score KD settings; --no-tune-kd keeps the run's.
+    if not cfg.trial_epochs or not cfg.tune_kd:
         return ratios, {}
     changes = {"temperature": trial.suggest_float("temperature", *TEMPERATURE, log=True),
                "alpha": trial.suggest_float("alpha", 0.0, 1.0)}

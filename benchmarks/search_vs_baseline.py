@@ -509,6 +509,7 @@ def run_seed(args, seed: int) -> dict:
                   f"{args.screen_share} of the baseline's {b['baseline_epochs']}: failed screens were retried",
                   file=sys.stderr)
     retrained_epochs = sum(b["search_epochs"] for b in budgets)
+    retrained_macs = sum(b["search_retrain_macs"] for b in budgets)
     at_budgets = [{"params": b["baseline_params"], "test_top1": b["baseline_test_top1"]} for b in budgets]
     result = {
         "seed": seed, "budgets": budgets, "trials": ran, **dataclasses.asdict(sizes),
@@ -518,8 +519,8 @@ def run_seed(args, seed: int) -> dict:
         "epochs": {"baseline": sum(r["epochs"] for r in baseline), "search": round(screening + retrained_epochs, 4),
                    "search_screening": round(screening, 4), "search_retrain": retrained_epochs},
         "macs": {"baseline": train_macs(baseline, sizes.train_images, teacher_macs),
-                 "search": screening_macs + sum(b["search_retrain_macs"] for b in budgets),
-                 "search_screening": screening_macs, "search_retrain": sum(b["search_retrain_macs"] for b in budgets)}}
+                 "search": screening_macs + retrained_macs, "search_screening": screening_macs,
+                 "search_retrain": retrained_macs}}
     if args.fidelity and seed == args.first_seed:
         first = studies[steps[0]]
         result["fidelity"] = fidelity(s, first, models[steps[0]]["params"] if args.fit_budgets else 0,
@@ -555,9 +556,9 @@ def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict]) -> dic
     ``--n-trials`` split between them, each plan fitted to the budget, each at its ``fidelities``; else one
     study for all budgets (recalibration only)."""
     args = s.args
-    if not args.fit_budgets:
-        s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials, trial_epochs=0,
-                 bn_calib_batches=args.bn_calib_batches)
+    if not args.fit_budgets:  # no share without --fit-budgets: every budget's fidelity is recalibration only
+        s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials,
+                 **fidelities[next(iter(budgets))])
         return dict.fromkeys(budgets, s.study_name)
     names = {k: f"{s.study_name}-k{k}" for k in budgets}
     for (k, params), n_trials in zip(budgets.items(), split_trials(args.n_trials, len(budgets))):

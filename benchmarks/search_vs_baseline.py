@@ -5,6 +5,8 @@
         # (2 cores, ~29 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
         # S = 4 steps of 0.3 with E = 5 KD epochs each (a cosine lr within each), 21 screens (7 per budget) in the
         # stage space, each with one KD epoch on as many images as 0.2 of its budget's compute buys
+    python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --first-seed 8 --seeds 4 --equal-flops \\
+        --json svb_eqf.json      # the same at equal params and MACs per image (README)
     python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --lr-schedule constant --no-fit-budgets \\
         --mean-ratio --space layer --epochs-per-step 1 --n-trials 30 --bn-calib-batches 5 --screen-subset 300 \\
         --synthetic-test 0 --seeds 3 --fidelity 12 --pick-by accuracy --json svb1.json
@@ -27,12 +29,15 @@ size, backend...) given to every command. Per seed, each command in its own dire
    the baseline's own plan of that size screened first; else one study of ``--n-trials`` for all budgets,
    with ``--mean-ratio`` sampling each plan's size. ``--screen-share X`` (with ``--fit-budgets``; 0.2 by
    default): each screen also trains one KD epoch (the run's T and alpha: widths alone) on as many images of
-   the split as X of the baseline's compute at its budget buys;
+   the split as X of the baseline's compute at its budget buys. ``--equal-flops``: each plan is also fitted
+   within the baseline's MACs per image at its budget (``--target-flops``; "flops" means MACs, as
+   ``--max-flops`` does), in studies named ``seed<N>-k<k>-flops``;
 4. at each budget the plan with the best screening score (``--pick-by``: the lowest held-out loss, or top-1)
-   among those with params in [(1 - TOLERANCE) x budget, budget] is retrained by ``python -m search.retrain``
-   exactly as the baseline trained its model of that size: from the teacher, k prune steps of E epochs on the
-   whole training set, and the F closing epochs only at k = S (the baseline's step-k model had none); both
-   test top-1;
+   among those with params in [(1 - TOLERANCE) x budget, budget] (``--equal-flops``: at most the params and
+   MACs per image of the baseline's model there, within TOLERANCE below one of them; ``flops_ratio`` says what
+   the pick costs per image either way) is retrained by ``python -m search.retrain`` exactly as the baseline
+   trained its model of that size: from the teacher, k prune steps of E epochs on the whole training set, and
+   the F closing epochs only at k = S (the baseline's step-k model had none); both test top-1;
 5. ``--fidelity N`` (first seed): the first N plans of the first budget's study (with ``--no-fit-budgets``, of
    the one study) are also screened with one KD epoch (a second study of the same plans) and retrained (one
    prune + ``--fidelity-epochs`` epochs on the whole training set); the Spearman rank correlation of each
@@ -54,6 +59,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -190,6 +196,11 @@ def parse_args(argv: list[str] | None):
                         help="one screening study per budget, --n-trials split between them, each plan fitted to "
                              "the budget (python -m search --target-params); off: one study whose plans' sizes are "
                              "sampled (--mean-ratio) [default: on]")
+    parser.add_argument("--equal-flops", action=argparse.BooleanOptionalAction, default=False,
+                        help="a plan stands for a budget only at no more MACs per image than the baseline's model "
+                             "there (with --fit-budgets each study fits its plans within those MACs too: "
+                             "--target-flops), so the models compare at equal params and inference cost "
+                             "[default: off]")
     parser.add_argument("--fidelity", type=int, default=0, help="plans of the first budget's study whose screening "
                                                                 "scores are checked against retraining (0 = skip) "
                                                                 "[default: 0]")
@@ -226,6 +237,9 @@ def parse_args(argv: list[str] | None):
                          (args.fidelity, "--fidelity (it compares recalibration with one full epoch)")):
         if args.screen_share and given:
             raise UserError(f"--screen-share {args.screen_share} and {clash}: drop one of them")
+    if args.equal_flops and not args.fit_budgets:
+        raise UserError("--equal-flops with --no-fit-budgets: the one study's sampled sizes are not fitted to the "
+                        "baseline's MACs, so a budget may hold no plan; drop one of them")
     if args.fit_budgets and args.n_trials < len(budget_steps(args.steps)):
         raise UserError(f"--n-trials {args.n_trials}: --fit-budgets needs at least one screen per budget "
                         f"({len(budget_steps(args.steps))})")
@@ -285,12 +299,12 @@ class Runner:
 
 
 def screened(study: optuna.Study) -> list[dict]:
-    """The COMPLETE trials as rows: number, ``plan`` (``plan_key``), params, screening top-1 (``score``), held-out
-    loss (``val_loss``) and the trial's timings."""
+    """The COMPLETE trials as rows: number, ``plan`` (``plan_key``), params, MACs per image (``flops``), screening
+    top-1 (``score``), held-out loss (``val_loss``) and the trial's timings."""
     return [{"number": t.number, "plan": plan_key(t.params),
              "score": t.values[0],
-             **{k: t.user_attrs.get(k) for k in ("params", "val_loss", "wall_s", "train_wall_s", "prune_wall_s",
-                                                 "eval_wall_s")}}
+             **{k: t.user_attrs.get(k) for k in ("params", "flops", "val_loss", "wall_s", "train_wall_s",
+                                                 "prune_wall_s", "eval_wall_s")}}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
@@ -301,18 +315,26 @@ def plan_key(params: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
 
-def pick(trials: list[dict], budget: int, by: str, tolerance: float = TOLERANCE) -> dict | None:
-    """The best finite screening score ``by`` (``PICK_BY``) among plans with params in [(1 - tolerance) x budget,
-    budget] (ties: the smaller, then the earlier plan, as ``search.retrain --trials lowest-loss``); None when no
-    plan is that close below the budget."""
+def pick(trials: list[dict], budget: int, by: str, tolerance: float = TOLERANCE, max_flops: int = 0) -> dict | None:
+    """The best finite screening score ``by`` (``PICK_BY``) among the plans ``in_window`` (ties: the smaller, then
+    the earlier plan, as ``search.retrain --trials lowest-loss``); None when no plan is that close below the
+    budget."""
     score = PICK_BY[by]
-    scored = [t for t in in_window(trials, budget, tolerance) if math.isfinite(score(t))]
+    scored = [t for t in in_window(trials, budget, tolerance, max_flops) if math.isfinite(score(t))]
     return max(scored, key=lambda t: (score(t), -t["params"], -t["number"]), default=None)
 
 
-def in_window(trials: list[dict], budget: int, tolerance: float = TOLERANCE) -> list[dict]:
-    """The screened plans that may stand for the budget: params in [(1 - tolerance) x budget, budget]."""
-    return [t for t in trials if (1 - tolerance) * budget <= t["params"] <= budget]
+def in_window(trials: list[dict], budget: int, tolerance: float = TOLERANCE, max_flops: int = 0) -> list[dict]:
+    """The screened plans that may stand for the budget: params in [(1 - tolerance) x budget, budget]. With
+    ``max_flops`` (``--equal-flops``) the budget is the pair: at most both, and within the tolerance below at
+    least one (a shape that keeps layer1 meets the MACs with fewer params)."""
+    def close(value: int, limit: int) -> bool:
+        return (1 - tolerance) * limit <= value <= limit
+
+    if not max_flops:
+        return [t for t in trials if close(t["params"], budget)]
+    return [t for t in trials if t["params"] <= budget and t["flops"] <= max_flops
+            and (close(t["params"], budget) or close(t["flops"], max_flops))]
 
 
 def widths_of(row: dict) -> dict:
@@ -375,12 +397,20 @@ def train_macs(rows: list[dict], images: int, teacher_macs: int) -> int:
 def split_sizes(recorded: dict) -> Sizes:
     """The image counts of ``Sizes`` for the study's recorded config."""
     r = SimpleNamespace(**with_defaults(recorded, SearchConfig))
-    whole = load_data(r.data, r.data_dir, r.download, 0, 0.0, 0, 0, r.image_size, r.synthetic_classes,
-                      r.synthetic_train, synthetic_test=r.synthetic_test, augment=r.augment,
-                      max_memory_gb=r.max_memory_gb, progress=False)
-    trial, val = split_indices(len(whole.train), r.seed, r.val_fraction, trial_train_subset(r), r.val_subset)
-    return Sizes(train_images=len(split_indices(len(whole.train), r.seed, 0.0, r.train_subset)[0]),
+    n = train_length(r.data, r.data_dir, r.download, r.image_size, r.synthetic_classes, r.synthetic_train,
+                     r.synthetic_test, r.augment, r.max_memory_gb)
+    trial, val = split_indices(n, r.seed, r.val_fraction, trial_train_subset(r), r.val_subset)
+    return Sizes(train_images=len(split_indices(n, r.seed, 0.0, r.train_subset)[0]),
                  screen_images=len(trial), screen_eval_images=len(val))
+
+
+@functools.lru_cache(maxsize=None)
+def train_length(*data_flags) -> int:
+    """Training images of the data set ``load_data`` reads with these flags: loaded once per process (every study
+    of a run names the same data; a shapes set takes seconds to render)."""
+    data, data_dir, download, image_size, classes, train, test, augment, max_memory_gb = data_flags
+    return len(load_data(data, data_dir, download, 0, 0.0, 0, 0, image_size, classes, train, synthetic_test=test,
+                         augment=augment, max_memory_gb=max_memory_gb, progress=False).train)
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:
@@ -422,18 +452,22 @@ class Seed:
         self.run("teacher", iterative.main, "baselines/iterative.py", merged(self.args.flags, self.schedule, argv_of(
             val_fraction=VAL_FRACTION, steps=0, final_epochs=0, out=self.root / "teacher")))
 
-    def search(self, side: str, study_name: str, sampler: str, target_params: int = 0, **fidelity) -> None:
+    def search(self, side: str, study_name: str, sampler: str, target_params: int = 0, target_flops: int = 0,
+               **fidelity) -> None:
         """``python -m search`` from the shared teacher: one-shot prune to each plan, then the fidelity; no
         teacher cache (its 16 views cost 16 teacher passes per image, more than these screens spend) and no
         trial checkpoints (a retrain starts from the teacher). ``target_params``: every plan fitted to that many
-        params; else sizes sampled (``--mean-ratio``) or per-group ratios."""
+        params (``target_flops``: and MACs per image); else sizes sampled (``--mean-ratio``) or per-group
+        ratios."""
+        # target_flops only when capped: earlier runs' command lines (and their recorded seconds) stay as they were
+        fit = {"target_flops": target_flops} if target_flops else {}
         sizing = (argv_of(target_params=target_params) if target_params else
                   ["--mean-ratio"] if self.args.mean_ratio else [])
         argv = merged(self.args.flags, self.schedule, argv_of(
             teacher=self.teacher, storage=self.storage, out=self.root / "search", study_name=study_name,
             prune_steps=1, teacher_cache=0, keep_checkpoints="none", sampler=sampler, space=self.args.space,
             # a fidelity may set its own trial_subset (--screen-share): merged into one keyword, not given twice
-            **{"trial_subset": self.args.trial_subset, **fidelity}, **screen_subset(self.args)), sizing)
+            **{"trial_subset": self.args.trial_subset, **fidelity}, **fit, **screen_subset(self.args)), sizing)
         self.study_seconds[study_name] = self.run(side, search_cli.main, "python -m search", argv)
 
     def screen_config(self) -> SearchConfig:
@@ -461,30 +495,34 @@ def run_seed(args, seed: int) -> dict:
     (dense, teacher_macs), baseline = (rows[0]["params"], rows[0]["flops"]), rows[1:]
     steps = budget_steps(args.steps)
     models = {k: baseline_model(baseline, k, args) for k in steps}
-    studies = screen(s, {k: models[k]["params"] for k in steps}, fidelities)
+    # --equal-flops: a plan stands for a budget only at no more MACs per image than the baseline's model there
+    caps = {k: int(models[k]["flops"]) if args.equal_flops else 0 for k in steps}
+    studies = screen(s, {k: models[k]["params"] for k in steps}, fidelities, caps)
     loaded = {name: load_study(s.storage, name) for name in set(studies.values())}  # one study for all, or one each
     recorded = loaded[studies[steps[0]]].user_attrs["config"]
     sizes = split_sizes(recorded)
     budgets, picks = [], []
     for k in steps:
-        final = args.final_epochs if k == args.steps else 0  # the baseline's step-k model had no closing epochs
         base, study = models[k], loaded[studies[k]]
         trials = screened(study)
         row = {"step": k, "budget_params": base["params"], "baseline_params": base["params"],
                "baseline_test_top1": base["test_top1"], "baseline_epochs": baseline_epochs(k, args),
                "baseline_macs": train_macs([r for r in baseline if int(r["step"]) <= int(base["step"])],
                                            sizes.train_images, teacher_macs), "search_retrain_macs": 0,
-               "study": studies[k], "candidates": len(in_window(trials, base["params"])), "trial": None,
-               "search_params": None, "search_screen_top1": None, "search_screen_val_loss": None,
-               "search_test_top1": None, "search_epochs": 0, "delta_top1": None, "same_widths": None}
-        chosen = pick(trials, base["params"], by=args.pick_by)
+               "baseline_flops": int(base["flops"]), "study": studies[k],
+               "candidates": len(in_window(trials, base["params"], max_flops=caps[k])), "trial": None,
+               "search_params": None, "search_flops": None, "flops_ratio": None, "search_screen_top1": None,
+               "search_screen_val_loss": None, "search_test_top1": None, "search_epochs": 0, "delta_top1": None,
+               "same_widths": None}
+        chosen = pick(trials, base["params"], by=args.pick_by, max_flops=caps[k])
         if chosen is not None:
             retrained = s.retrain("search_retrain", studies[k], s.root / "retrain" / f"k{k}_trial{chosen['number']}",
                                   [chosen["number"]], prune_steps=k, epochs_per_step=args.epochs_per_step,
-                                  final_epochs=final)
+                                  final_epochs=closing_epochs(k, args))
             done = finished_row(retrained)
             picks.append(done)
-            row.update(trial=chosen["number"], search_params=done["params"], search_screen_top1=chosen["score"],
+            row.update(trial=chosen["number"], search_params=done["params"], search_flops=int(done["flops"]),
+                       flops_ratio=ratio(done["flops"], base["flops"]), search_screen_top1=chosen["score"],
                        search_screen_val_loss=chosen["val_loss"],
                        search_test_top1=done["test_top1"], search_epochs=sum(r["epochs"] for r in retrained),
                        search_retrain_macs=train_macs(retrained, sizes.train_images, teacher_macs),
@@ -524,7 +562,7 @@ def run_seed(args, seed: int) -> dict:
     if args.fidelity and seed == args.first_seed:
         first = studies[steps[0]]
         result["fidelity"] = fidelity(s, first, models[steps[0]]["params"] if args.fit_budgets else 0,
-                                      screened(loaded[first]), recorded, sizes)
+                                      caps[steps[0]], screened(loaded[first]), recorded, sizes)
     seconds = s.run.seconds
     seconds["search"] = seconds["search_screening"] + seconds.get("search_retrain", 0.0)
     result.update(wall_s={k: round(v, 2) for k, v in seconds.items()}, commands=s.run.commands)
@@ -551,19 +589,21 @@ def screen_fidelities(s: Seed) -> dict[int, dict]:
             for k, n in zip(steps, split_trials(args.n_trials, len(steps)))}
 
 
-def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict]) -> dict[int, str]:
+def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict], caps: dict[int, int]) -> dict[int, str]:
     """The screening studies (their names by budget step k): with ``--fit-budgets`` one per budget, the
-    ``--n-trials`` split between them, each plan fitted to the budget, each at its ``fidelities``; else one
-    study for all budgets (recalibration only)."""
+    ``--n-trials`` split between them, each plan fitted to the budget (with a cap, ``--equal-flops``, the largest
+    of its shape within the params and the cap's MACs: ``--target-flops``), each at its ``fidelities``; else one
+    study for all budgets (recalibration only; caps apply at the pick)."""
     args = s.args
     if not args.fit_budgets:  # no share without --fit-budgets: every budget's fidelity is recalibration only
         s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials,
                  **fidelities[next(iter(budgets))])
         return dict.fromkeys(budgets, s.study_name)
-    names = {k: f"{s.study_name}-k{k}" for k in budgets}
+    # a capped study is another study: one --work may hold both
+    names = {k: f"{s.study_name}-k{k}{'-flops' if caps[k] else ''}" for k in budgets}
     for (k, params), n_trials in zip(budgets.items(), split_trials(args.n_trials, len(budgets))):
-        s.search("search_screening", names[k], args.sampler, target_params=params, n_trials=n_trials,
-                 **fidelities[k])
+        s.search("search_screening", names[k], args.sampler, target_params=params, target_flops=caps[k],
+                 n_trials=n_trials, **fidelities[k])
     return names
 
 
@@ -583,8 +623,13 @@ def kd_screen_images(share: float, epochs: float, n_screens: int, sizes: Sizes, 
 
 
 def baseline_epochs(k: int, args) -> int:
-    """The baseline's epochs up to its model after k steps: k x E, and its F closing epochs at k = S."""
-    return k * args.epochs_per_step + (args.final_epochs if k == args.steps else 0)
+    """The baseline's epochs up to its model after k steps: k x E, and its closing epochs."""
+    return k * args.epochs_per_step + closing_epochs(k, args)
+
+
+def closing_epochs(k: int, args) -> int:
+    """The F closing epochs at k = S only: the baseline's step-k model before S had none."""
+    return args.final_epochs if k == args.steps else 0
 
 
 def split_trials(n: int, parts: int) -> list[int]:
@@ -592,18 +637,19 @@ def split_trials(n: int, parts: int) -> list[int]:
     return [n // parts + (i < n % parts) for i in range(parts)]
 
 
-def fidelity(s: Seed, study_name: str, target_params: int, trials: list[dict], recorded: dict, sizes: Sizes
-             ) -> dict:
+def fidelity(s: Seed, study_name: str, target_params: int, target_flops: int, trials: list[dict], recorded: dict,
+             sizes: Sizes) -> dict:
     """Screening scores vs test top-1 after retraining (issue 12, item 2), over the first plans of study
-    ``study_name`` (with ``--fit-budgets``, the first budget's: plans of one size, fitted to ``target_params``)."""
+    ``study_name`` (with ``--fit-budgets``, the first budget's: plans of one size, fitted to ``target_params``;
+    with ``target_flops`` also to those MACs, so their params differ)."""
     args = s.args
     plans = sorted(trials, key=lambda t: t["number"])[:args.fidelity]
     epoch_study = f"{study_name}-epoch1"
     # The same widths, with the run's T and alpha (a recalibration screen samples no KD settings).
     kd = {"temperature": recorded["temperature"], "alpha": recorded["alpha"]}
     enqueue(s.storage, epoch_study, [{**dict(t["plan"]), **kd} for t in plans])
-    s.search("fidelity_epoch1", epoch_study, args.sampler, target_params=target_params, n_trials=len(plans),
-             trial_epochs=1, bn_calib_batches=0)
+    s.search("fidelity_epoch1", epoch_study, args.sampler, target_params=target_params, target_flops=target_flops,
+             n_trials=len(plans), trial_epochs=1, bn_calib_batches=0)
     study = load_study(s.storage, epoch_study)
     by_plan = {t["plan"]: t for t in screened(study)}
     retrained = s.retrain("fidelity_retrain", study_name, s.root / "fidelity_retrain",
@@ -618,7 +664,8 @@ def fidelity(s: Seed, study_name: str, target_params: int, trials: list[dict], r
     costs = {"bn_recal": screen_cost(plans, s.study_seconds[study_name] / len(trials), screen_epochs(recorded, sizes)),
              "epoch1": screen_cost(list(by_plan.values()), s.run.seconds["fidelity_epoch1"] / len(by_plan),
                                    screen_epochs(study.user_attrs["config"], sizes))}
-    one_size = bool(target_params)  # plans within 1 % of one budget: size explains nothing, so no size terms
+    # plans within 1 % of one params budget: size explains nothing, so no size terms (a MACs cap varies them)
+    one_size = bool(target_params) and not target_flops
     for name in ("bn_recal", "epoch1"):
         scores = [r[f"{name}_top1"] for r in rows]
         # the held-out loss as the score (lower is better): a finer signal than top-1 on a few hundred images
@@ -679,9 +726,10 @@ def summarize(per_seed: list[dict]) -> dict:
         rows = [s["budgets"][i] for s in per_seed]
         row = {"step": first["step"]}
         for key in (*BUDGET_KEYS, "search_screen_top1", "search_screen_val_loss", "screening_epochs", "compute_ratio",
-                    "macs_ratio", "candidates", "trial_epochs", "trial_subset"):
+                    "macs_ratio", "baseline_flops", "search_flops", "flops_ratio", "candidates", "trial_epochs",
+                    "trial_subset"):
             stats = mean_spread([r[key] for r in rows])
-            row[key] = round(stats["mean"]) if key.endswith("params") and stats["n"] else stats["mean"]
+            row[key] = round(stats["mean"]) if key.endswith(("params", "flops")) and stats["n"] else stats["mean"]
             if key.endswith("top1"):
                 row.update({f"{key}_std": stats["std"], f"{key}_min": stats["min"], f"{key}_max": stats["max"]})
             if key == "delta_top1":
@@ -718,9 +766,9 @@ def work_dir(args) -> Iterator[None]:
 
 PROTOCOL = ("Like for like: one teacher per seed, trained without the search's held-out split, shared by both sides. "
             "At each budget the baseline's model after k steps (k x E KD epochs; at k = S also its F closing epochs) "
-            "faces the search's best screened plan by {pick_by} within {tol:.0%} below that size, retrained from the "
-            "same teacher in k prune steps of E epochs on the same whole training set, plus F closing epochs only at "
-            "k = S. Both: test top-1. Compute in epochs of the baseline's training set, in forward passes (a KD "
+            "faces the search's best screened plan by {pick_by} within {tol:.0%} below that size{cap}, retrained from "
+            "the same teacher in k prune steps of E epochs on the same whole training set, plus F closing epochs only "
+            "at k = S. Both: test top-1. Compute in epochs of the baseline's training set, in forward passes (a KD "
             "training image 4, a screen's recalibration or evaluation image 1).")
 
 
@@ -732,7 +780,8 @@ def run(argv: list[str] | None) -> dict:
     with work_dir(args):
         per_seed = [run_seed(args, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     summary = summarize(per_seed)
-    protocol = PROTOCOL.format(tol=TOLERANCE, pick_by=PICK_TEXT[args.pick_by])
+    protocol = PROTOCOL.format(tol=TOLERANCE, pick_by=PICK_TEXT[args.pick_by],
+                               cap=" and at no more MACs per image than that model" if args.equal_flops else "")
     report(summary, per_seed[0].get("fidelity"), protocol, args)
     result = {"machine": machine("cpu"), "smoke": args.smoke, "clock": args.clock, "work": str(args.work),
               "protocol": protocol, "tolerance": TOLERANCE, "seeds": args.seeds,
@@ -741,6 +790,7 @@ def run(argv: list[str] | None) -> dict:
               "final_epochs": args.final_epochs, "n_trials": args.n_trials, "sampler": args.sampler,
               "bn_calib_batches": args.bn_calib_batches, "trial_subset": args.trial_subset,
               "screen_subset": args.screen_subset, "screen_share": args.screen_share, "fit_budgets": args.fit_budgets,
+              "equal_flops": args.equal_flops,
               "space": args.space,
               "mean_ratio": args.mean_ratio and not args.fit_budgets, **summary,
               "fidelity": per_seed[0].get("fidelity"),
@@ -754,7 +804,8 @@ def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> 
     print(protocol)
     spread = args.seeds > 1
     seeds_columns = ["delta_top1_std", "delta_top1_sem", "wins"] if spread else []
-    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "screening_epochs", "compute_ratio", "macs_ratio"]
+    columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "screening_epochs", "compute_ratio", "macs_ratio",
+               "flops_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"
                                              f"{args.seeds} seed(s))")
     hv, ep, wall = summary["hypervolume"], summary["epochs"], summary["wall_s"]

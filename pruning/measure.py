@@ -29,33 +29,37 @@ def count_flops(model: nn.Module, image_size: int) -> int:
     Counts convs and linear layers (the convention of torchvision's "GFLOPS": ResNet50 at 224 px is
     about 4.1e9), measured with forward hooks on one zero image on the model's device.
     """
+    return macs_of(output_shapes(model, image_size))
+
+
+def macs_of(shapes: list[tuple[str, nn.Module, torch.Size]]) -> int:
+    """``count_flops`` of the calls ``output_shapes`` recorded: per output element, a conv's kernel x its input
+    channels per group, a linear layer's inputs."""
     total = 0
+    for _, module, shape in shapes:
+        per_output = (module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+                      if isinstance(module, nn.Conv2d) else module.in_features)
+        total += math.prod(shape) * per_output
+    return total
 
-    def conv_hook(module: nn.Conv2d, inputs, output):
-        nonlocal total
-        kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        total += output.numel() * kernel
 
-    def linear_hook(module: nn.Linear, inputs, output):
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_hook(linear_hook))
+def output_shapes(model: nn.Module, image_size: int) -> list[tuple[str, nn.Module, torch.Size]]:
+    """Name, module and output shape of each call of a conv or linear layer in one forward pass of a zero
+    ``image_size`` image (eval mode, no gradients; the model's mode is restored)."""
+    shapes: list[tuple[str, nn.Module, torch.Size]] = []
+    hooks = [module.register_forward_hook(lambda m, _inputs, out, name=name: shapes.append((name, m, out.shape)))
+             for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     param = next(model.parameters())
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return total
+    return shapes
 
 
 def model_stats(model: nn.Module, image_size: int) -> dict[str, float]:

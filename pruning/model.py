@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from pruning.errors import UserError
+from pruning.measure import macs_of, output_shapes
 
 PRUNABLE_SUFFIXES = ("conv1", "conv2")
 
@@ -139,20 +140,45 @@ def plan_params(model: nn.Module) -> Callable[[dict[str, int]], int]:
     A block's conv1 (c1 outputs), bn1, conv2 (c1 -> c2) and bn2, and the c2 inputs of conv3, are the only
     parameters a plan changes: ``in * c1 * k1 + 2 * c1 + c1 * c2 * k2 + 2 * c2 + c2 * out * k3`` (no biases).
     """
+    def coefficients(name: str, block: nn.Module, k1: int, k2: int, k3: int) -> tuple[int, int, int]:
+        return block.conv1.in_channels * k1 + 2, k2, 2 + block.conv3.out_channels * k3
+
+    return _plan_count(model, sum(p.numel() for p in model.parameters()), coefficients)
+
+
+def plan_flops(model: nn.Module, image_size: int) -> Callable[[dict[str, int]], int]:
+    """A function giving ``pruning.measure.count_flops`` of ``model`` rebuilt to a plan, without building it (a
+    MACs budget fits plans as ``plan_params`` does). Per output pixel of each conv (P1, P2, P3 at
+    ``image_size``), a block's MACs that a plan changes are ``P1 * in * k1 * c1 + P2 * k2 * c1 * c2 + P3 * out *
+    k3 * c2`` (BatchNorm counts none): where the feature maps are large a channel costs more.
+    """
+    shapes = output_shapes(model, image_size)
+    pixels = {name: shape[-2] * shape[-1] for name, _, shape in shapes}
+
+    def coefficients(name: str, block: nn.Module, k1: int, k2: int, k3: int) -> tuple[int, int, int]:
+        p1, p2, p3 = (pixels[f"{name}.conv{i}"] for i in (1, 2, 3))
+        return p1 * block.conv1.in_channels * k1, p2 * k2, p3 * block.conv3.out_channels * k3
+
+    return _plan_count(model, macs_of(shapes), coefficients)
+
+
+def _plan_count(model: nn.Module, total: int, coefficients) -> Callable[[dict[str, int]], int]:
+    """A count that is ``total`` for ``model``'s own widths and, per bottleneck, changes with a plan's c1 and c2
+    as ``a * c1 + b * c1 * c2 + c * c2``, the block's ``coefficients(name, block, k1, k2, k3)``."""
     terms = []
-    fixed = sum(p.numel() for p in model.parameters())
+    fixed = total
     for name, block in _bottlenecks(model):
         k1, k2, k3 = (math.prod(conv.kernel_size) for conv in (block.conv1, block.conv2, block.conv3))
         if block.conv2.groups != 1 or any(c.bias is not None for c in (block.conv1, block.conv2, block.conv3)):
-            raise ValueError(f"plan_params: {name} is not a torchvision Bottleneck (grouped conv2 or conv biases)")
-        coef = (block.conv1.in_channels * k1 + 2, k2, 2 + block.conv3.out_channels * k3)
+            raise ValueError(f"plan counts: {name} is not a torchvision Bottleneck (grouped conv2 or conv biases)")
+        coef = coefficients(name, block, k1, k2, k3)
 
-        def block_params(c1: int, c2: int, coef=coef) -> int:
+        def block_count(c1: int, c2: int, coef=coef) -> int:
             return coef[0] * c1 + coef[1] * c1 * c2 + coef[2] * c2
 
-        fixed -= block_params(block.conv1.out_channels, block.conv2.out_channels)
+        fixed -= block_count(block.conv1.out_channels, block.conv2.out_channels)
         terms.append((f"{name}.conv1", f"{name}.conv2", block.conv1.out_channels, block.conv2.out_channels,
-                      block_params))
+                      block_count))
 
     def count(plan: dict[str, int]) -> int:
         return fixed + sum(f(plan.get(a, c1), plan.get(b, c2)) for a, b, c1, c2, f in terms)

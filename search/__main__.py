@@ -74,9 +74,9 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
                 raise UserError(f"study {cfg.study_name!r} was run with a different config ({shown}); use another "
                                 f"--study-name, or --force to continue it anyway")
-        if cfg.target_params and any(name.startswith("share/") for t in study.trials for name in t.params):
+        if cfg.fitted and any(name.startswith("share/") for t in study.trials for name in t.params):
             raise UserError(f"study {cfg.study_name!r} was screened with shares (share/<group>), before "
-                            f"--target-params sampled tilts (tilt/<group>); use another --study-name")
+                            f"--target-params/--target-flops sampled tilts (tilt/<group>); use another --study-name")
         if recorded is None or cfg.force:
             study.set_metric_names(["accuracy", cfg.cost_name])
             study.set_user_attr("config", config_dict(cfg))
@@ -85,21 +85,22 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
         plans = baseline_plans(cfg, channel_plan(build_resnet50(2)), teacher_size(teacher, cfg))
         for params in plans:
             study.enqueue_trial(params, skip_if_exists=True)
-        expected = min(1, cfg.steps) if cfg.target_params else len(budget_steps(cfg.steps))
+        expected = min(1, cfg.steps) if cfg.fitted else len(budget_steps(cfg.steps))
         if len(plans) < expected:
             print(f"{expected - len(plans)} of the baseline's plans are outside this space (beyond --max-ratio, "
-                  f"--ratios differing within a --space {cfg.space} group, or with --target-params widths that no "
-                  f"tilts in [{TILT[0]:g}, {TILT[1]:g}] give exactly, such as a layer kept whole): not enqueued",
+                  f"--ratios differing within a --space {cfg.space} group, or with a --target-params/--target-flops "
+                  f"fit widths that no tilts in [{TILT[0]:g}, {TILT[1]:g}] give exactly, such as a layer kept "
+                  f"whole): not enqueued",
                   flush=True)
     return study
 
 
 def teacher_size(teacher: Path, cfg: SearchConfig) -> PlanSize | None:
-    """The teacher's widths and parameter count, which --target-params needs (None without it); a target no
-    plan can meet is refused here, before any trial."""
-    if not cfg.target_params:
+    """The teacher's widths, parameter and MAC counts, which --target-params and --target-flops need (None
+    without them); a target no plan can meet is refused here, before any trial."""
+    if not cfg.fitted:
         return None
-    size = PlanSize.of(load_pruned(teacher)[0])
+    size = PlanSize.of(load_pruned(teacher)[0], cfg.image_size)
     check_target(cfg, size)
     return size
 
@@ -116,7 +117,7 @@ def print_front(cfg: SearchConfig, study: optuna.Study) -> None:
               f"{t.user_attrs.get('checkpoint') or 'no checkpoint'}")
     storage = redact(cfg.storage)
     print(f"browse: optuna-dashboard {storage} | retrain: python -m search.retrain --study-name {cfg.study_name} "
-          f"--storage {storage} --trials {'lowest-loss' if cfg.target_params else 'front'}")
+          f"--storage {storage} --trials {'lowest-loss' if cfg.fitted else 'front'}")
 
 
 def main(argv: list[str] | None = None) -> optuna.Study | None:

@@ -53,7 +53,11 @@ class SearchConfig(RunConfig, StudyFields):
     # budget's 10 % window held 1-6 of 30 screens, and at 25 % of the channels only the baseline's own plan.
     target_params: int = opt(0, "screen every plan at this budget: each trial's tilts (tilt/<group>, log-odds "
                                 "of its ratio) set the shape of the largest plan of at most this many params "
-                                "(0 = sizes sampled)")
+                                "(0 = none: without --target-flops, sizes are sampled)")
+    # Issue 12: at one params budget the searched plans kept channels where maps are large, at 1.16-1.53x the
+    # uniform plan's MACs per image; a MACs budget beside it compares shapes at equal inference cost.
+    target_flops: int = opt(0, "as --target-params in MACs per image: each plan is the largest of its shape within "
+                               "this many (with --target-params, within both; 0 = none)")
     # Off: screens with KD epochs score widths alone, at the KD settings a retrain keeps (search_vs_baseline).
     tune_kd: bool = opt(True, "trials with KD epochs also sample --temperature and --alpha (off: every trial keeps "
                               "the run's)")
@@ -91,14 +95,19 @@ class SearchConfig(RunConfig, StudyFields):
         if self.search_kd and not self.tune_kd:
             raise UserError("--search-kd with --no-tune-kd: the KD loss is searched with its temperature and alpha; "
                             "drop one of them")
-        if self.mean_ratio and self.target_params:
-            raise UserError("--mean-ratio and --target-params: give one (a target fixes each plan's size, "
-                            "--mean-ratio samples it)")
-        for name in ("trial_epochs", "trial_subset", "max_params", "max_flops", "target_params"):
+        if self.mean_ratio and self.fitted:
+            raise UserError("--mean-ratio and --target-params/--target-flops: give one (a target fixes each plan's "
+                            "size, --mean-ratio samples it)")
+        for name in ("trial_epochs", "trial_subset", "max_params", "max_flops", "target_params", "target_flops"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0 (0 = off/all)")
         if not self.study_name or "/" in self.study_name:
             raise UserError(f"--study-name {self.study_name!r}: give a non-empty name without '/'")
+
+    @property
+    def fitted(self) -> bool:
+        """Every plan fitted to a budget (--target-params, --target-flops): tilts, not ratios, are sampled."""
+        return bool(self.target_params or self.target_flops)
 
     @property
     def cost_name(self) -> str:

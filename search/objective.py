@@ -20,7 +20,7 @@ from distill.trainer import prepare
 from pruning.checkpoint import save_pruned
 from pruning.errors import UserError
 from pruning.measure import measure_latency
-from pruning.model import prunable_layers
+from pruning.model import channel_plan, prunable_layers
 from pruning.plan import target_plan
 from search.config import SearchConfig
 from search.space import PlanSize, suggest
@@ -81,8 +81,9 @@ class Objective:
         # -1: forced without a record; > 0: forced with that many validation images seen (a trial user attr).
         self.teacher_overlap = check_teacher_data(teacher_path, self.cfg, self.sess.data)
         self.teacher = prepare(load_teacher(str(teacher_path), self.sess.data.num_classes), self.sess.rt)
-        self.size = PlanSize.of(self.teacher)
-        self.dense = self.size.dense
+        # a fit's counts (two forward passes of the teacher) only for the studies that fit plans to a budget
+        self.size = PlanSize.of(self.teacher, cfg.image_size) if cfg.fitted else None
+        self.dense = channel_plan(self.teacher)
         self.layers = prunable_layers(self.teacher)
         # Trials that may read the cache (KD epochs, logits, one teacher).
         if cfg.trial_epochs and not cfg.teachers and (cfg.kd in ("logits", "dkd") or cfg.search_kd):

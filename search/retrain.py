@@ -2,7 +2,7 @@
 
     python -m search.retrain --study-name r50 --trials front           # every trial on the Pareto front
     python -m search.retrain --study-name r50 --trials 12 40           # chosen trial numbers
-    python -m search.retrain --study-name r50 --trials lowest-loss     # a --target-params study's pick
+    python -m search.retrain --study-name r50 --trials lowest-loss     # a --target-params (--target-flops) study's pick
     python -m search.retrain --preset demo --trials front              # the demo study
     python -m search.retrain --study-name r50 --trials 12 --final-epochs 0 --prune-steps 5   # override any flag
 
@@ -81,8 +81,8 @@ def parse(argv: list[str] | None) -> RetrainConfig:
 
 def select_trials(study, asked: tuple[str, ...]) -> list[FrozenTrial]:
     """The COMPLETE trials named by number, plus the Pareto front for ``front`` and the trial of lowest held-out
-    loss for ``lowest-loss``: within one budget (``--target-params``) the loss ranked retrained plans at least
-    as well as top-1 (README: picking a plan by held-out loss)."""
+    loss for ``lowest-loss``: within one budget (``--target-params``, ``--target-flops``) the loss ranked
+    retrained plans at least as well as top-1 (README: picking a plan by held-out loss)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     chosen: dict[int, FrozenTrial] = {}
     for item in asked:
@@ -144,7 +144,7 @@ def run(cfg: RetrainConfig) -> list[dict]:
 
 def screened_plan(trial: FrozenTrial, layers: list[str]) -> dict[str, int]:
     """The widths the trial screened (its ``ch/<layer>`` records): the plan itself, however its params made it
-    (per-layer ratios, ``--mean-ratio`` or a ``--target-params`` fit)."""
+    (per-layer ratios, ``--mean-ratio`` or a ``--target-params``/``--target-flops`` fit)."""
     missing = [layer for layer in layers if not isinstance(trial.user_attrs.get(f"ch/{layer}"), int)]
     if missing:
         raise UserError(f"trial {trial.number} records no width for {missing[0]} (user attr ch/{missing[0]}); "

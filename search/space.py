@@ -9,6 +9,8 @@ most ``--max-ratio``; capped layers do not pass their excess on, so the plan's m
 ``--target-params N`` each group's ``tilt/<group>`` in [-3, 3] is the only param: a layer's ratio is
 ``max_ratio x sigmoid(offset + tilt)``, the one offset found so that the plan is the largest of at most N
 params (``fit_ratios``): every trial spends its screen at the budget, and its tilts set the plan's shape there.
+``--target-flops M`` fits the same way to at most M MACs per image, alone or beside N (then the largest plan
+within both).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import nn
 from distill.config import RunConfig
 from distill.pipeline import load_ratios
 from pruning.errors import UserError
-from pruning.model import channel_plan, plan_params
+from pruning.model import channel_plan, plan_flops, plan_params
 from pruning.plan import exact_ratios, target_plan, uniform_plans
 
 # KD temperatures used in practice span ~1 (hard labels) to ~20 (Hinton et al. 2015 use up to 20).
@@ -66,10 +68,11 @@ def ratio_params(layers: list[str], space: str, prefix: str = "ratio") -> list[s
 def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None = None
             ) -> tuple[dict[str, float], dict]:
     """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta,
-    dkd_beta]). ``size`` (the teacher's widths and parameter count) is needed with --target-params."""
-    if cfg.target_params:
+    dkd_beta]). ``size`` (the teacher's widths, parameter and MAC counts) is needed with --target-params or
+    --target-flops."""
+    if cfg.fitted:
         if size is None:
-            raise TypeError("suggest: --target-params needs the teacher's PlanSize")
+            raise TypeError("suggest: --target-params/--target-flops needs the teacher's PlanSize")
         tilts = {name: trial.suggest_float(name, *TILT) for name in ratio_params(layers, cfg.space, "tilt")}
         ratios = fit_ratios(tilts, layers, cfg, size)
     else:
@@ -111,44 +114,58 @@ def layer_shares(params: dict, layers: list[str], space: str) -> dict[str, float
 
 @dataclasses.dataclass(frozen=True)
 class PlanSize:
-    """The teacher's widths and a plan's parameter count (``pruning.model.plan_params`` of the teacher)."""
+    """The teacher's widths and a plan's parameter count and MACs per image (``pruning.model.plan_params`` and
+    ``plan_flops`` of the teacher)."""
     dense: dict[str, int]
     count: Callable[[dict[str, int]], int]
+    flops: Callable[[dict[str, int]], int]
 
     @classmethod
-    def of(cls, model: nn.Module) -> PlanSize:
-        return cls(channel_plan(model), plan_params(model))
+    def of(cls, model: nn.Module, image_size: int) -> PlanSize:
+        return cls(channel_plan(model), plan_params(model), plan_flops(model, image_size))
+
+    def targets(self, cfg) -> list[tuple[str, int, Callable[[dict[str, int]], int]]]:
+        """The budgets a plan is fitted to: (flag, target, its count) of --target-params and --target-flops set."""
+        return [(flag, target, count) for flag, target, count in (("--target-params", cfg.target_params, self.count),
+                                                                  ("--target-flops", cfg.target_flops, self.flops))
+                if target]
+
+
+UNITS = {"--target-params": "params", "--target-flops": "MACs"}
 
 
 def check_target(cfg, size: PlanSize) -> None:
-    """--target-params below the smallest plan the space holds (every layer at --max-ratio) fails every trial:
-    refused before the first."""
-    smallest = size.count(target_plan(size.dense, dict.fromkeys(size.dense, cfg.max_ratio), cfg.round_to))
-    if cfg.target_params < smallest:
-        raise UserError(f"--target-params {cfg.target_params:,}: the smallest plan, every layer at --max-ratio "
-                        f"{cfg.max_ratio}, has {smallest:,} params; raise --max-ratio or the target")
+    """A --target-params or --target-flops below the smallest plan the space holds (every layer at --max-ratio)
+    fails every trial: refused before the first."""
+    smallest = target_plan(size.dense, dict.fromkeys(size.dense, cfg.max_ratio), cfg.round_to)
+    for flag, target, count in size.targets(cfg):
+        if target < count(smallest):
+            raise UserError(f"{flag} {target:,}: the smallest plan, every layer at --max-ratio {cfg.max_ratio}, has "
+                            f"{count(smallest):,} {UNITS[flag]}; raise --max-ratio or the target")
 
 
 def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str, float]:
-    """--target-params: the largest plan of at most ``cfg.target_params`` params of the trial's shape, its
+    """--target-params (and/or --target-flops): the largest plan within those budgets of the trial's shape, its
     ``tilt/<group>`` params: layer ratios ``max_ratio x sigmoid(offset + tilt)``, the offset found by bisection.
     Equal tilts give one ratio for all layers; tilts set to ``tilt_of`` a plan's ratios, with its size as
     target, give that plan (``baseline_plans``)."""
     tilts = {layer: params[f"tilt/{group_of(layer, cfg.space)}"] for layer in layers}
+    targets = size.targets(cfg)
 
     def ratios(offset: float) -> dict[str, float]:
         return {layer: cfg.max_ratio / (1.0 + math.exp(-(offset + tilt))) for layer, tilt in tilts.items()}
 
-    def params_at(offset: float) -> int:
-        return size.count(target_plan(size.dense, ratios(offset), cfg.round_to))
+    def fits(offset: float) -> bool:
+        plan = target_plan(size.dense, ratios(offset), cfg.round_to)
+        return all(count(plan) <= target for _, target, count in targets)
 
     check_target(cfg, size)  # the upper end, every layer at --max-ratio, fits: the bisection's invariant
     low, high = -OFFSET, OFFSET
-    if params_at(low) <= cfg.target_params:
+    if fits(low):
         return ratios(low)
-    for _ in range(60):  # params_at only falls as the offset grows: keep ``high`` feasible
+    for _ in range(60):  # params and MACs only fall as the offset grows: keep ``high`` feasible
         middle = (low + high) / 2
-        low, high = (low, middle) if params_at(middle) <= cfg.target_params else (middle, high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
     return ratios(high)
 
 
@@ -168,7 +185,8 @@ def as_tilts(ratios: dict[str, float], plan: dict[str, int], cfg, size: PlanSize
     params = {f"tilt/{group}": tilt - centre for group, tilt in tilts.items()}
     if not all(TILT[0] <= tilt <= TILT[1] for tilt in params.values()):
         return None
-    own = dataclasses.replace(cfg, target_params=size.count(plan))
+    own = dataclasses.replace(cfg, target_params=cfg.target_params and size.count(plan),
+                              target_flops=cfg.target_flops and size.flops(plan))
     fitted = target_plan(size.dense, fit_ratios(params, list(size.dense), own, size), cfg.round_to)
     return params if fitted == plan else None
 
@@ -192,16 +210,18 @@ def baseline_plans(cfg, dense: dict[str, int], size: PlanSize | None = None) -> 
     meets the baseline at exactly its widths (issue 11). In ``stage``/``block`` spaces one ratio serves
     every layer of the group (the layers of a stage have the same dense width); a plan whose layers of
     one group differ is outside the space and left out, as is one beyond ``--max-ratio``. With
-    --target-params (``size`` needed) only the plan nearest the target in params, as tilts (``as_tilts``):
+    --target-params (``size`` needed) only the plan nearest the target in params (with --target-flops alone, in
+    MACs), as tilts (``as_tilts``):
     fitted to the target it keeps its shape, and at its own size it is exactly the baseline's plan; one that
     the tilts cannot give exactly is left out.
     """
     plans = uniform_plans(dense, load_ratios(cfg.ratios, list(dense), cfg.ratio), cfg.steps, cfg.round_to)
     steps = budget_steps(cfg.steps)
-    if cfg.target_params:
+    if cfg.fitted:
         if size is None:
-            raise TypeError("baseline_plans: --target-params needs the teacher's PlanSize")
-        steps = [min(steps, key=lambda k: abs(size.count(plans[k - 1]) - cfg.target_params))] if steps else []
+            raise TypeError("baseline_plans: --target-params/--target-flops needs the teacher's PlanSize")
+        _, target, count = size.targets(cfg)[0]  # the params' target when both are set
+        steps = [min(steps, key=lambda k: abs(count(plans[k - 1]) - target))] if steps else []
     prefix = "share" if cfg.mean_ratio else "ratio"
     chosen = []
     for k in steps:
@@ -211,7 +231,7 @@ def baseline_plans(cfg, dense: dict[str, int], size: PlanSize | None = None) -> 
             groups.setdefault(group_of(layer, cfg.space), ratio)
         if any(groups[group_of(layer, cfg.space)] != ratio for layer, ratio in ratios.items()):
             continue  # a --ratios file that differs within a stage (block) is outside a stage (block) space
-        params = (as_tilts(groups, plans[k - 1], cfg, size) if cfg.target_params else
+        params = (as_tilts(groups, plans[k - 1], cfg, size) if cfg.fitted else
                   {f"{prefix}/{group}": value for group, value in groups.items()})
         if params is None:
             continue

@@ -256,6 +256,7 @@ def test_search_vs_baseline_screen_share_buys_each_budgets_screens_one_kd_epoch(
         retrained = read_csv(work / "seed0" / "retrain" / f"k{k}_trial{b['trial']}" / b["study"] / "retrain"
                              / "pruning_logs.csv")
         assert b["search_retrain_macs"] == trained(retrained)
+        assert (b["search_flops"], b["baseline_flops"]) == (retrained[-1]["flops"], baseline[upto]["flops"])
         plans = [t.user_attrs["flops"] for t in study.trials]
         assert b["screening_macs"] == sum((32 + 5) * p + b["trial_subset"] * (3 * p + teacher) for p in plans)
         assert b["macs_ratio"] == pytest.approx((b["screening_macs"] + b["search_retrain_macs"]) / b["baseline_macs"],
@@ -266,6 +267,43 @@ def test_search_vs_baseline_screen_share_buys_each_budgets_screens_one_kd_epoch(
         macs["search"] / macs["baseline"], abs=1e-4)
     assert result["epochs"]["search_screening"] == pytest.approx(
         sum(b["screening_epochs"] for b in seed["budgets"]), abs=1e-3)
+
+
+def test_search_vs_baseline_equal_flops_picks_no_plan_costlier_per_image_than_the_baseline(tmp_path):
+    """--equal-flops: each budget's study fits its plans within the baseline's params and MACs per image there
+    (--target-flops), and only plans within both may be picked; flops_ratio says what the pick costs per image."""
+    work = tmp_path / "work"
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5", "--n-trials", "6",
+                       "--equal-flops", "--fidelity", "3")
+    assert result["equal_flops"] is True and "at no more MACs per image than that model" in result["protocol"]
+    baseline = {r["step"]: r for r in read_csv(work / "seed0" / "baseline" / "pruning_logs.csv")}
+    for b in result["per_seed"][0]["budgets"]:
+        k = b["step"]
+        assert b["baseline_flops"] == baseline[k + 1 if k == result["steps"] else k]["flops"]
+        study = load_study(str(work / "studies.db"), b["study"])
+        assert study.user_attrs["config"]["target_flops"] == b["baseline_flops"]
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert b["study"].endswith("-flops") and len(done) == result["n_trials"] // 2
+        assert all(t.user_attrs["flops"] <= b["baseline_flops"] and t.user_attrs["params"] <= b["budget_params"]
+                   for t in done)  # fitted within both
+
+        def close(value: int, limit: int) -> bool:
+            return (1 - search_vs_baseline.TOLERANCE) * limit <= value <= limit
+
+        fit = [t for t in done if close(t.user_attrs["params"], b["budget_params"])
+               or close(t.user_attrs["flops"], b["baseline_flops"])]
+        assert b["candidates"] == len(fit) >= 1  # the baseline's own plan always fits
+        assert b["trial"] == min(fit, key=lambda t: (t.user_attrs["val_loss"], t.user_attrs["params"], t.number)).number
+        assert b["search_flops"] <= b["baseline_flops"] and b["flops_ratio"] == pytest.approx(
+            b["search_flops"] / b["baseline_flops"], abs=1e-4)
+    # the fidelity check's second study fits the same tilts within the same MACs: the same widths, both fidelities
+    first = result["per_seed"][0]["budgets"][0]
+    widths = [{t.number: {c: v for c, v in t.user_attrs.items() if c.startswith("ch/")} for t in study.trials}
+              for study in (load_study(str(work / "studies.db"), name) for name in (first["study"],
+                                                                                   f"{first['study']}-epoch1"))]
+    assert all(widths[0][r["trial"]] in widths[1].values() for r in result["fidelity"]["rows"])
+    with pytest.raises(UserError, match="--equal-flops with --no-fit-budgets"):
+        search_vs_baseline.parse_args(["--smoke", "--work", str(work), "--equal-flops", "--no-fit-budgets"])
 
 
 def test_kd_screen_images_spend_the_share_and_no_more():
@@ -317,6 +355,12 @@ def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
     assert search_vs_baseline.pick(trials, 1000, "val_loss")["number"] == 4  # the lowest loss in the window; tie
     trials[4]["val_loss"] = None  # a trial without a held-out loss cannot be picked by it
     assert search_vs_baseline.pick(trials, 1000, "val_loss")["number"] == 1
+    # --equal-flops: the budget is (params, MACs): at most both, within 10 % below one of them
+    trials = [{**t, "flops": {0: 100, 2: 100}.get(t["number"], 110)} for t in trials]
+    assert search_vs_baseline.pick(trials, 1000, "val_loss", max_flops=100)["number"] == 2  # 850 params, 100 MACs
+    assert [t["number"] for t in search_vs_baseline.in_window(trials, 1000, max_flops=100)] == [0, 2]
+    assert search_vs_baseline.in_window(trials, 1000, max_flops=99) == []
+    assert search_vs_baseline.in_window(trials, 1000, max_flops=120) == [trials[i] for i in (0, 1, 4)]
 
 
 def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
@@ -324,7 +368,9 @@ def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
         budget = {key: 1000 for key in search_vs_baseline.BUDGET_KEYS} | {
             "step": 1, "baseline_test_top1": 70.0, "search_test_top1": 70.0 + delta, "delta_top1": delta,
             "search_screen_top1": 30.0, "search_screen_val_loss": 2.0, "screening_epochs": 0.5, "compute_ratio": 1.1,
-            "macs_ratio": 1.3, "candidates": 7, "trial_epochs": 0, "trial_subset": 0, "same_widths": same}
+            "macs_ratio": 1.3, "baseline_flops": 10, "search_flops": 12, "flops_ratio": 1.2, "candidates": 7,
+            "trial_epochs": 0, "trial_subset": 0,
+            "same_widths": same}
         return {"budgets": [budget], "hypervolume": {"baseline": 0.5, "search": 0.6, "reference": {"params": 9}},
                 "epochs": {"baseline": 5, "search": 6}, "macs": {"baseline": 10, "search": 13},
                 "wall_s": {"baseline": 1.0}}

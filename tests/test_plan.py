@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from pruning.errors import UserError
-from pruning.measure import count_params
-from pruning.model import build_from_plan, build_resnet50, channel_plan, plan_params, prunable_layers
+from pruning.measure import count_flops, count_params
+from pruning.model import build_from_plan, build_resnet50, channel_plan, plan_flops, plan_params, prunable_layers
 from pruning.plan import target_plan, uniform_ratios
 
 # NNI 3.0's rounding reproduces the seed's table within 3.5% at every published step.
@@ -71,3 +71,17 @@ def test_plan_params_counts_a_plan_exactly_without_building_it():
         assert count(plan) == count_params(build_from_plan(7, plan))
     partial = {"layer4.2.conv2": 5}
     assert count(partial) == count_params(build_from_plan(7, partial)) < count_params(dense)
+
+
+def test_plan_flops_counts_a_plans_macs_exactly_without_building_it():
+    dense = build_resnet50(7)
+    for image_size in (32, 40):  # the stride-2 stages' maps: 40 px is not a power of two
+        count = plan_flops(dense, image_size)
+        assert count(channel_plan(dense)) == count_flops(dense, image_size)
+        gen = torch.Generator().manual_seed(image_size)
+        plan = {name: int(torch.randint(1, c + 1, (), generator=gen)) for name, c in channel_plan(dense).items()}
+        assert count(plan) == count_flops(build_from_plan(7, plan), image_size)
+    # a channel costs more where the feature maps are large: layer1 (8 x 8 at 32 px) against layer4 (1 x 1)
+    count = plan_flops(dense, 32)
+    full = count(channel_plan(dense))
+    assert full - count({"layer1.0.conv1": 63}) > full - count({"layer4.0.conv1": 511})

@@ -73,7 +73,7 @@ def test_mean_ratio_sets_the_mean_and_samples_plans_of_every_size():
     assert sizes[True][0] < 0.35 * dense and sizes[True][1] > 0.9 * dense
 
 
-SIZE = PlanSize.of(build_resnet50(2))
+SIZE = PlanSize.of(build_resnet50(2), 32)
 
 
 @pytest.mark.parametrize("space", ["layer", "stage", "block"])
@@ -95,8 +95,38 @@ def test_target_params_puts_every_plan_just_below_the_budget(space):
     assert cfg.max_ratio > ratios["layer4.0.conv1"] > ratios["layer1.0.conv1"] > 0  # tilted, never capped
     with pytest.raises(UserError, match="--target-params 1,000,000: the smallest plan, every layer at --max-ratio"):
         fit_ratios(uneven, LAYERS, dataclasses.replace(cfg, target_params=1_000_000), SIZE)
-    with pytest.raises(UserError, match="--mean-ratio and --target-params: give one"):
+    with pytest.raises(UserError, match="--mean-ratio and --target-params/--target-flops: give one"):
         make_config(SearchConfig, {"target_params": target, "mean_ratio": True})
+
+
+def test_target_flops_fits_every_plan_within_both_budgets():
+    """--equal-flops' studies (benchmarks/search_vs_baseline.py): at the uniform plan's params and MACs, a shape
+    that keeps layer1 (large maps) gives up params to stay within the MACs; one that keeps layer4 is held by its
+    params. Each plan is the largest of its shape within both: one of the two budgets is met within 1 %."""
+    uniform = uniform_plans(DENSE, {n: 0.3 for n in LAYERS}, 2)[-1]
+    params, flops = SIZE.count(uniform), SIZE.flops(uniform)
+    cfg = make_config(SearchConfig, {"target_params": params, "target_flops": flops, "space": "stage",
+                                     "steps": 2, "ratio": 0.3, "trial_epochs": 0, "bn_calib_batches": 1})
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(2))
+    for _ in range(10):
+        plan = target_plan(DENSE, suggest(study.ask(), cfg, LAYERS, SIZE)[0])
+        assert SIZE.count(plan) <= params and SIZE.flops(plan) <= flops
+        assert max(SIZE.count(plan) / params, SIZE.flops(plan) / flops) >= 0.99
+    shapes = {stage: {f"tilt/layer{i}": (2.0 if f"layer{i}" == stage else -2.0) for i in range(1, 5)}
+              for stage in ("layer1", "layer4")}  # tilt +: pruned more; the other stages kept
+    keeps_layer1 = target_plan(DENSE, fit_ratios(shapes["layer4"], LAYERS, cfg, SIZE))
+    keeps_layer4 = target_plan(DENSE, fit_ratios(shapes["layer1"], LAYERS, cfg, SIZE))
+    assert SIZE.flops(keeps_layer1) >= 0.99 * flops and SIZE.count(keeps_layer1) < 0.95 * params
+    assert SIZE.count(keeps_layer4) >= 0.99 * params and SIZE.flops(keeps_layer4) < flops
+    only_flops = dataclasses.replace(cfg, target_params=0)  # a MACs budget alone
+    alone = target_plan(DENSE, fit_ratios(shapes["layer1"], LAYERS, only_flops, SIZE))
+    assert 0.99 * flops <= SIZE.flops(alone) <= flops and SIZE.count(alone) > params
+    own = baseline_plans(cfg, DENSE, SIZE)  # the uniform plan at its own params and MACs: itself
+    assert len(own) == 1 and target_plan(DENSE, fit_ratios(own[0], LAYERS, cfg, SIZE)) == uniform
+    with pytest.raises(UserError, match="--target-flops 1,000: the smallest plan, every layer at --max-ratio 0.9"):
+        check_target(dataclasses.replace(cfg, target_flops=1_000), SIZE)
+    with pytest.raises(UserError, match="--mean-ratio and --target-params/--target-flops: give one"):
+        make_config(SearchConfig, {"target_flops": flops, "mean_ratio": True})
 
 
 def test_random_tilts_give_distinct_plans_even_at_a_quarter_of_the_params():

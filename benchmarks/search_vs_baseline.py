@@ -198,8 +198,8 @@ def parse_args(argv: list[str] | None):
                              "sampled (--mean-ratio) [default: on]")
     parser.add_argument("--equal-flops", action=argparse.BooleanOptionalAction, default=False,
                         help="a plan stands for a budget only at no more MACs per image than the baseline's model "
-                             "there (with --fit-budgets each study fits its plans within those MACs too: "
-                             "--target-flops), so the models compare at equal params and inference cost "
+                             "there (each study fits its plans within those MACs too: --target-flops), so the "
+                             "models compare at equal params and inference cost; needs --fit-budgets "
                              "[default: off]")
     parser.add_argument("--fidelity", type=int, default=0, help="plans of the first budget's study whose screening "
                                                                 "scores are checked against retraining (0 = skip) "
@@ -315,26 +315,26 @@ def plan_key(params: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in params.items() if k not in kd))
 
 
-def pick(trials: list[dict], budget: int, by: str, tolerance: float = TOLERANCE, max_flops: int = 0) -> dict | None:
+def pick(trials: list[dict], budget: int, by: str, tolerance: float = TOLERANCE, flops_cap: int = 0) -> dict | None:
     """The best finite screening score ``by`` (``PICK_BY``) among the plans ``in_window`` (ties: the smaller, then
     the earlier plan, as ``search.retrain --trials lowest-loss``); None when no plan is that close below the
     budget."""
     score = PICK_BY[by]
-    scored = [t for t in in_window(trials, budget, tolerance, max_flops) if math.isfinite(score(t))]
+    scored = [t for t in in_window(trials, budget, tolerance, flops_cap) if math.isfinite(score(t))]
     return max(scored, key=lambda t: (score(t), -t["params"], -t["number"]), default=None)
 
 
-def in_window(trials: list[dict], budget: int, tolerance: float = TOLERANCE, max_flops: int = 0) -> list[dict]:
+def in_window(trials: list[dict], budget: int, tolerance: float = TOLERANCE, flops_cap: int = 0) -> list[dict]:
     """The screened plans that may stand for the budget: params in [(1 - tolerance) x budget, budget]. With
-    ``max_flops`` (``--equal-flops``) the budget is the pair: at most both, and within the tolerance below at
+    ``flops_cap`` (``--equal-flops``) the budget is the pair: at most both, and within the tolerance below at
     least one (a shape that keeps layer1 meets the MACs with fewer params)."""
     def close(value: int, limit: int) -> bool:
         return (1 - tolerance) * limit <= value <= limit
 
-    if not max_flops:
+    if not flops_cap:
         return [t for t in trials if close(t["params"], budget)]
-    return [t for t in trials if t["params"] <= budget and t["flops"] <= max_flops
-            and (close(t["params"], budget) or close(t["flops"], max_flops))]
+    return [t for t in trials if t["params"] <= budget and t["flops"] <= flops_cap
+            and (close(t["params"], budget) or close(t["flops"], flops_cap))]
 
 
 def widths_of(row: dict) -> dict:
@@ -510,11 +510,11 @@ def run_seed(args, seed: int) -> dict:
                "baseline_macs": train_macs([r for r in baseline if int(r["step"]) <= int(base["step"])],
                                            sizes.train_images, teacher_macs), "search_retrain_macs": 0,
                "baseline_flops": int(base["flops"]), "study": studies[k],
-               "candidates": len(in_window(trials, base["params"], max_flops=caps[k])), "trial": None,
+               "candidates": len(in_window(trials, base["params"], flops_cap=caps[k])), "trial": None,
                "search_params": None, "search_flops": None, "flops_ratio": None, "search_screen_top1": None,
                "search_screen_val_loss": None, "search_test_top1": None, "search_epochs": 0, "delta_top1": None,
                "same_widths": None}
-        chosen = pick(trials, base["params"], by=args.pick_by, max_flops=caps[k])
+        chosen = pick(trials, base["params"], by=args.pick_by, flops_cap=caps[k])
         if chosen is not None:
             retrained = s.retrain("search_retrain", studies[k], s.root / "retrain" / f"k{k}_trial{chosen['number']}",
                                   [chosen["number"]], prune_steps=k, epochs_per_step=args.epochs_per_step,
@@ -593,7 +593,7 @@ def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict], caps: 
     """The screening studies (their names by budget step k): with ``--fit-budgets`` one per budget, the
     ``--n-trials`` split between them, each plan fitted to the budget (with a cap, ``--equal-flops``, the largest
     of its shape within the params and the cap's MACs: ``--target-flops``), each at its ``fidelities``; else one
-    study for all budgets (recalibration only; caps apply at the pick)."""
+    study for all budgets (recalibration only)."""
     args = s.args
     if not args.fit_budgets:  # no share without --fit-budgets: every budget's fidelity is recalibration only
         s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials,

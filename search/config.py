@@ -54,7 +54,7 @@ class SearchConfig(RunConfig, StudyFields):
     target_params: int = opt(0, "screen every plan at this budget: each trial's tilts (tilt/<group>, log-odds "
                                 "of its ratio) set the shape of the largest plan of at most this many params "
                                 "(0 = none: without --target-flops, sizes are sampled)")
-    # Issue 12: at one params budget the searched plans kept channels where maps are large, at 1.16-1.53x the
+    # Issue 12: at one params budget the searched plans kept channels where maps are large, at 1.14-1.53x the
     # uniform plan's MACs per image; a MACs budget beside it compares shapes at equal inference cost.
     target_flops: int = opt(0, "as --target-params in MACs per image: each plan is the largest of its shape within "
                                "this many (with --target-params, within both; 0 = none)")

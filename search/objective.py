@@ -81,7 +81,7 @@ class Objective:
         # -1: forced without a record; > 0: forced with that many validation images seen (a trial user attr).
         self.teacher_overlap = check_teacher_data(teacher_path, self.cfg, self.sess.data)
         self.teacher = prepare(load_teacher(str(teacher_path), self.sess.data.num_classes), self.sess.rt)
-        # a fit's counts (two forward passes of the teacher) only for the studies that fit plans to a budget
+        # a fit's counts (a forward pass of the teacher) only for the studies that fit plans to a budget
         self.size = PlanSize.of(self.teacher, cfg.image_size) if cfg.fitted else None
         self.dense = channel_plan(self.teacher)
         self.layers = prunable_layers(self.teacher)

@@ -298,10 +298,10 @@ def test_search_vs_baseline_equal_flops_picks_no_plan_costlier_per_image_than_th
             b["search_flops"] / b["baseline_flops"], abs=1e-4)
     # the fidelity check's second study fits the same tilts within the same MACs: the same widths, both fidelities
     first = result["per_seed"][0]["budgets"][0]
-    widths = [{t.number: {c: v for c, v in t.user_attrs.items() if c.startswith("ch/")} for t in study.trials}
+    widths = [{t.number: sorted((c, v) for c, v in t.user_attrs.items() if c.startswith("ch/")) for t in study.trials}
               for study in (load_study(str(work / "studies.db"), name) for name in (first["study"],
                                                                                    f"{first['study']}-epoch1"))]
-    assert all(widths[0][r["trial"]] in widths[1].values() for r in result["fidelity"]["rows"])
+    assert sorted(widths[0][r["trial"]] for r in result["fidelity"]["rows"]) == sorted(widths[1].values())
     with pytest.raises(UserError, match="--equal-flops with --no-fit-budgets"):
         search_vs_baseline.parse_args(["--smoke", "--work", str(work), "--equal-flops", "--no-fit-budgets"])
 
@@ -357,10 +357,10 @@ def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
     assert search_vs_baseline.pick(trials, 1000, "val_loss")["number"] == 1
     # --equal-flops: the budget is (params, MACs): at most both, within 10 % below one of them
     trials = [{**t, "flops": {0: 100, 2: 100}.get(t["number"], 110)} for t in trials]
-    assert search_vs_baseline.pick(trials, 1000, "val_loss", max_flops=100)["number"] == 2  # 850 params, 100 MACs
-    assert [t["number"] for t in search_vs_baseline.in_window(trials, 1000, max_flops=100)] == [0, 2]
-    assert search_vs_baseline.in_window(trials, 1000, max_flops=99) == []
-    assert search_vs_baseline.in_window(trials, 1000, max_flops=120) == [trials[i] for i in (0, 1, 4)]
+    assert search_vs_baseline.pick(trials, 1000, "val_loss", flops_cap=100)["number"] == 2  # 850 params, 100 MACs
+    assert [t["number"] for t in search_vs_baseline.in_window(trials, 1000, flops_cap=100)] == [0, 2]
+    assert search_vs_baseline.in_window(trials, 1000, flops_cap=99) == []
+    assert search_vs_baseline.in_window(trials, 1000, flops_cap=120) == [trials[i] for i in (0, 1, 4)]
 
 
 def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
@@ -380,6 +380,7 @@ def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
     assert row["delta_top1"] == pytest.approx(4 / 3, abs=1e-4) and row["delta_top1_std"] == pytest.approx(std, abs=1e-4)
     assert row["delta_top1_sem"] == pytest.approx(std / math.sqrt(3), abs=1e-4)
     assert (row["wins"], row["same_widths"], row["seeds"]) == (2, 1, 3)
+    assert (row["baseline_flops"], row["search_flops"], row["flops_ratio"]) == (10, 12, 1.2)
     summary = search_vs_baseline.summarize([seed(1.0, False)])
     assert summary["macs"]["search_over_baseline"] == 1.3 and summary["budgets"][0]["macs_ratio"] == 1.3
     assert search_vs_baseline.summarize([seed(1.0, False)])["budgets"][0]["delta_top1_sem"] is None

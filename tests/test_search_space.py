@@ -119,6 +119,8 @@ def test_target_flops_fits_every_plan_within_both_budgets():
     assert SIZE.flops(keeps_layer1) >= 0.99 * flops and SIZE.count(keeps_layer1) < 0.95 * params
     assert SIZE.count(keeps_layer4) >= 0.99 * params and SIZE.flops(keeps_layer4) < flops
     only_flops = dataclasses.replace(cfg, target_params=0)  # a MACs budget alone
+    own = baseline_plans(only_flops, DENSE, SIZE)  # the baseline's plan nearest in MACs: step 2's, exactly
+    assert len(own) == 1 and target_plan(DENSE, fit_ratios(own[0], LAYERS, only_flops, SIZE)) == uniform
     alone = target_plan(DENSE, fit_ratios(shapes["layer1"], LAYERS, only_flops, SIZE))
     assert 0.99 * flops <= SIZE.flops(alone) <= flops and SIZE.count(alone) > params
     own = baseline_plans(cfg, DENSE, SIZE)  # the uniform plan at its own params and MACs: itself

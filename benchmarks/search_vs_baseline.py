@@ -358,8 +358,8 @@ class Sizes:
 def screen_epochs(recorded: dict, sizes: Sizes) -> float:
     """Epoch-equivalents of one screen of a study, in forward passes (``TRAIN_PASSES`` per training image):
     per prune sub-step its KD epochs and its BatchNorm-recalibration images, then its evaluation."""
-    bn_images = min(recorded["bn_calib_batches"] * recorded["batch_size"], sizes.screen_images)
-    passes = recorded["prune_steps"] * (recorded["trial_epochs"] * sizes.screen_images * TRAIN_PASSES + bn_images)
+    passes = recorded["prune_steps"] * (recorded["trial_epochs"] * sizes.screen_images * TRAIN_PASSES
+                                        + recal_images(recorded, sizes))
     return (passes + sizes.screen_eval_images) / (sizes.train_images * TRAIN_PASSES)
 
 
@@ -374,14 +374,14 @@ def study_cost(study: optuna.Study, teacher_macs: int) -> dict:
     images they train on."""
     recorded = study.user_attrs["config"]
     sizes = split_sizes(recorded)
-    bn_images = min(recorded["bn_calib_batches"] * recorded["batch_size"], sizes.screen_images)
+    bn_images = recal_images(recorded, sizes)
     kd_images = recorded["trial_epochs"] * sizes.screen_images
     ran, macs = ran_trials(study), 0
     for trial in ran:
         # A failed screen records no MACs: charged as the teacher (an upper bound). Sub-steps (prune_steps > 1,
         # never used here) are charged at the final plan's MACs.
         plan = trial.user_attrs.get("flops", teacher_macs)
-        macs += (recorded["prune_steps"] * (bn_images * plan + kd_images * ((TRAIN_PASSES - 1) * plan + teacher_macs))
+        macs += (recorded["prune_steps"] * (bn_images * plan + kd_images * kd_image_macs(plan, teacher_macs))
                  + sizes.screen_eval_images * plan)
     return {"screening_epochs": round(len(ran) * screen_epochs(recorded, sizes), 4),
             "screening_macs": macs, **{name: recorded[name] for name in ("trial_epochs", "trial_subset")}}
@@ -391,7 +391,18 @@ def train_macs(rows: list[dict], images: int, teacher_macs: int) -> int:
     """Multiply-accumulates of the KD training of a run's ``rows`` (each step's epochs on ``images`` at its
     model's MACs): per image the student's forward and backward (3 forwards, as ``TRAIN_PASSES`` counts them)
     and the teacher's forward. A plan that keeps channels where feature maps are large costs more per image."""
-    return sum(int(r["epochs"]) * images * ((TRAIN_PASSES - 1) * int(r["flops"]) + teacher_macs) for r in rows)
+    return sum(int(r["epochs"]) * images * kd_image_macs(int(r["flops"]), teacher_macs) for r in rows)
+
+
+def kd_image_macs(student_macs: int, teacher_macs: int) -> int:
+    """MACs of one KD training image: the student's forward and backward (``TRAIN_PASSES`` - 1 forwards) and the
+    teacher's forward."""
+    return (TRAIN_PASSES - 1) * student_macs + teacher_macs
+
+
+def recal_images(recorded: dict, sizes: Sizes) -> int:
+    """Images of one screen's BatchNorm recalibration: its batches, at most the search's split."""
+    return min(recorded["bn_calib_batches"] * recorded["batch_size"], sizes.screen_images)
 
 
 def split_sizes(recorded: dict) -> Sizes:

@@ -180,8 +180,9 @@ def test_search_vs_baseline_fits_every_screen_to_its_budget(tmp_path):
         assert {c: v for c, v in done[0].user_attrs.items() if c.startswith("ch/")} == widths  # enqueued: its own
         assert b["search_params"] <= b["budget_params"]
     assert seed["trials"] == result["n_trials"]  # both studies' screens
-    # the screens' flags in the order earlier runs recorded them: <work>/seconds.json keys a command by its line
-    assert sum("--n-trials 3 --trial-epochs 0 --bn-calib-batches 1 " in c for c in seed["commands"]) == 2
+    screens = [set(c.split(" --")) for c in seed["commands"]  # the budgets' studies, not the fidelity check's
+               if c.startswith("python -m search ") and "-epoch1 " not in c]
+    assert len(screens) == 2 and all({"n-trials 3", "trial-epochs 0", "bn-calib-batches 1"} <= c for c in screens)
     screen_passes = seed["trials"] * (32 + 5)
     assert result["epochs"]["search_screening"] == pytest.approx(screen_passes / (4 * seed["train_images"]), abs=1e-4)
     for b in seed["budgets"]:  # each budget's model is charged its own study's screens (what a user of one runs)
@@ -322,6 +323,21 @@ def test_kd_screen_images_spend_the_share_and_no_more():
 def test_argv_of_writes_flags_as_the_entry_points_parse_them():
     assert search_vs_baseline.argv_of(trial_subset=743, trials=[1, 2], tune_kd=False, mean_ratio=True) == [
         "--trial-subset", "743", "--trials", "1", "2", "--no-tune-kd", "--mean-ratio"]
+
+
+def test_a_finished_command_keeps_its_recorded_seconds_whatever_the_order_of_its_flags(tmp_path):
+    record = tmp_path / "seconds.json"
+    # A record written by exact line (before 2026-12-02), its flags in another order than this call's, and then
+    # the same command's resume, recorded in seconds under a third order.
+    record.write_text(json.dumps({"cpu python -m search --seed 3 --no-tune-kd --n-trials 7": 123.0,
+                                  "cpu python -m search --no-tune-kd --seed 3 --n-trials 7": 0.5}))
+    run = search_vs_baseline.Runner("cpu", record)
+    calls = []
+    assert run("search", calls.append, "python -m search", ["--n-trials", "7", "--no-tune-kd", "--seed", "3"]) == 123.0
+    assert calls == [["--n-trials", "7", "--no-tune-kd", "--seed", "3"]] and run.seconds == {"search": 123.0}
+    assert json.loads(record.read_text()) == {"cpu python -m search --n-trials 7 --no-tune-kd --seed 3": 123.0}
+    fresh = run("search", calls.append, "python -m search", ["--n-trials", "8"])  # a new command: its own seconds
+    assert fresh < 1 and json.loads(record.read_text())["cpu python -m search --n-trials 8"] == fresh
 
 
 def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_screens(tmp_path, capsys):

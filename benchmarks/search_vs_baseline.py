@@ -268,13 +268,20 @@ def merged(*argvs: list[str]) -> list[str]:
     argparse would do), so each recorded command shows every flag once."""
     flags: dict[str, list[str]] = {}
     for argv in argvs:
-        for token in argv:
-            if token.startswith("--"):
-                name = token
-                flags[name] = []
-            else:
-                flags[name].append(token)
+        for name, *values in flag_groups(argv):
+            flags[name] = values
     return [token for name, values in flags.items() for token in (name, *values)]
+
+
+def flag_groups(argv: list[str]) -> list[list[str]]:
+    """``argv`` (flags only) as one ``[--flag, values...]`` list per flag, in order."""
+    groups: list[list[str]] = []
+    for token in argv:
+        if token.startswith("--"):
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
 
 
 class Runner:
@@ -312,13 +319,7 @@ def command_key(line: str) -> str:
     both ``--x`` and ``--no-x``, argparse keeping the last, gets one key for either order.)"""
     words = line.split()
     first = next((i for i, w in enumerate(words) if w.startswith("--")), len(words))
-    groups: list[list[str]] = []
-    for word in words[first:]:
-        if word.startswith("--"):
-            groups.append([word])
-        else:
-            groups[-1].append(word)
-    return " ".join(words[:first] + [w for group in sorted(groups) for w in group])
+    return " ".join(words[:first] + [w for group in sorted(flag_groups(words[first:])) for w in group])
 
 
 def screened(study: optuna.Study) -> list[dict]:

@@ -360,6 +360,15 @@ def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_
         assert parse(*flags).screen_share == 0.0
 
 
+def test_the_benchmarks_default_teachers_are_those_their_readme_tables_used(tmp_path):
+    # search_vs_baseline: 24 epochs (README, "Does width matter on shapes?": from an 8-epoch teacher no width in the
+    # benchmark's range mattered); samplers keeps 8, as its README table's teacher (svb_final's) was trained
+    work = ["--work", str(tmp_path)]
+    assert search_vs_baseline.parse_args(work).teacher_epochs == 24
+    assert search_vs_baseline.parse_args([*work, "--teacher-epochs", "8"]).teacher_epochs == 8
+    assert samplers.parse_args(work).teacher_epochs == 8
+
+
 def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
     trials = [{"number": 0, "params": 1000, "score": 50.0}, {"number": 1, "params": 950, "score": 60.0},
               {"number": 2, "params": 850, "score": 90.0}, {"number": 3, "params": 1001, "score": 99.0},

@@ -124,6 +124,11 @@ TRAIN_PASSES = 4
 PICK_BY = {"accuracy": lambda t: t["score"],
            "val_loss": lambda t: math.nan if t["val_loss"] is None else -t["val_loss"]}
 PICK_TEXT = {"accuracy": "held-out top-1", "val_loss": "held-out loss"}
+# Issue 12's target, judged per budget over the seeds: the mean delta beyond the seeds' spread (their standard
+# deviation, not the standard error: one seed's run must be likely to win, not only the average), the search side's
+# compute at most this many times the baseline's (issue 12: in epochs; in MACs too, since a pick may keep the
+# channels where the feature maps are large).
+COMPUTE_TARGET = 1.25
 BUDGET_KEYS = ("budget_params", "baseline_params", "baseline_test_top1", "search_params", "search_test_top1",
                "delta_top1")
 
@@ -753,8 +758,9 @@ def mean_spread(values: list) -> dict:
 
 def summarize(per_seed: list[dict]) -> dict:
     """The seeds' figures: per budget and for hypervolume, epochs and seconds, the mean (``_std`` its
-    spread, ``_min``/``_max`` its range over the seeds; ``delta_top1_sem`` the paired delta's standard error);
-    ``wins``: seeds where the search's pick beat it."""
+    spread, ``_min``/``_max`` its range over the seeds; ``delta_top1_sem`` the paired delta's standard error,
+    ``delta_top1_t`` the mean divided by it); ``wins``: seeds where the search's pick beat it; issue 12's verdict
+    (``target``)."""
     budgets = []
     for i, first in enumerate(per_seed[0]["budgets"]):
         rows = [s["budgets"][i] for s in per_seed]
@@ -770,10 +776,12 @@ def summarize(per_seed: list[dict]) -> dict:
                 # Both sides share each seed's teacher, data and test set, so the deltas are paired: their standard
                 # error says whether the mean is told from noise, the std how far one seed may land from it.
                 row["delta_top1_sem"] = None if stats["std"] is None else round(stats["std"] / math.sqrt(stats["n"]), 4)
+                row["delta_top1_t"] = (None if not row["delta_top1_sem"] else
+                                       round(stats["mean"] / row["delta_top1_sem"], 2))
         row["wins"] = sum(r["delta_top1"] is not None and r["delta_top1"] > 0 for r in rows)
         row["same_widths"] = sum(bool(r["same_widths"]) for r in rows)  # seeds whose pick was the baseline's plan
         row["seeds"] = len(rows)
-        budgets.append(row)
+        budgets.append(row | target(row))
 
     def means(section: str) -> dict:
         keys = [k for k, v in per_seed[0][section].items() if isinstance(v, (int, float))]
@@ -786,6 +794,17 @@ def summarize(per_seed: list[dict]) -> dict:
     for section in (epochs, macs):
         section["search_over_baseline"] = ratio(section["search"], section["baseline"])
     return {"budgets": budgets, "hypervolume": hv, "epochs": epochs, "macs": macs, "wall_s": means("wall_s")}
+
+
+def target(row: dict) -> dict:
+    """Issue 12's verdict on one budget's summary row: ``beyond_spread`` (the mean delta exceeds the seeds'
+    standard deviation; None with one seed), then that and the compute within ``COMPUTE_TARGET`` in epochs
+    (``target_epochs``) and in MACs (``target_macs``)."""
+    std = row["delta_top1_std"]
+    beyond = None if std is None else row["delta_top1"] > std
+    return {"beyond_spread": beyond,
+            "target_epochs": None if beyond is None else beyond and row["compute_ratio"] <= COMPUTE_TARGET,
+            "target_macs": None if beyond is None else beyond and row["macs_ratio"] <= COMPUTE_TARGET}
 
 
 @contextlib.contextmanager
@@ -837,12 +856,16 @@ def report(summary: dict, fidelity_result: dict | None, protocol: str, args) -> 
     print()
     print(protocol)
     spread = args.seeds > 1
-    seeds_columns = ["delta_top1_std", "delta_top1_sem", "wins"] if spread else []
+    seeds_columns = ["delta_top1_std", "delta_top1_sem", "delta_top1_t", "wins"] if spread else []
     columns = ["step", *BUDGET_KEYS, *seeds_columns, "same_widths", "screening_epochs", "compute_ratio", "macs_ratio",
                "flops_ratio"]
     print_table(summary["budgets"], columns, f"test top-1 at the baseline's budgets ({'mean over ' if spread else ''}"
                                              f"{args.seeds} seed(s))")
     hv, ep, wall = summary["hypervolume"], summary["epochs"], summary["wall_s"]
+    if spread:
+        print_table(summary["budgets"], ["step", "beyond_spread", "compute_ratio", "target_epochs", "macs_ratio",
+                                         "target_macs"],
+                    f"issue 12's target: the mean delta beyond the seeds' std, compute at most {COMPUTE_TARGET}x")
     print(f"hypervolume (test top-1 vs params, the models at the budgets; reference 0 % and the teacher's "
           f"{hv['reference']['params']:,} params): baseline {hv['baseline']:.4f}, search {hv['search']:.4f}")
     print(f"epochs (of the baseline's training set): baseline {ep['baseline']}, search {ep['search']} (screening "

@@ -388,7 +388,7 @@ def test_search_vs_baseline_picks_the_best_screened_plan_close_below_a_budget():
     assert search_vs_baseline.in_window(trials, 1000, flops_cap=120) == [trials[i] for i in (0, 1, 4)]
 
 
-def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
+def test_the_seeds_summary_gives_the_paired_deltas_spread_standard_error_and_the_issues_verdict():
     def seed(delta, same):
         budget = {key: 1000 for key in search_vs_baseline.BUDGET_KEYS} | {
             "step": 1, "baseline_test_top1": 70.0, "search_test_top1": 70.0 + delta, "delta_top1": delta,
@@ -409,6 +409,13 @@ def test_the_seeds_summary_gives_the_paired_deltas_spread_and_standard_error():
     summary = search_vs_baseline.summarize([seed(1.0, False)])
     assert summary["macs"]["search_over_baseline"] == 1.3 and summary["budgets"][0]["macs_ratio"] == 1.3
     assert search_vs_baseline.summarize([seed(1.0, False)])["budgets"][0]["delta_top1_sem"] is None
+    assert row["delta_top1_t"] == pytest.approx((4 / 3) / (std / math.sqrt(3)), abs=0.01)
+    # issue 12's verdict: a mean of 4/3 within a spread of 1.53 is not beyond it; 3 within 1 is, in epochs (1.1x)
+    # but not in MACs (1.3x); one seed has no spread to judge by
+    assert (row["beyond_spread"], row["target_epochs"], row["target_macs"]) == (False, False, False)
+    row = search_vs_baseline.summarize([seed(2.0, False), seed(3.0, False), seed(4.0, False)])["budgets"][0]
+    assert (row["beyond_spread"], row["target_epochs"], row["target_macs"]) == (True, True, False)
+    assert (summary["budgets"][0]["beyond_spread"], summary["budgets"][0]["target_epochs"]) == (None, None)
 
 
 def test_the_screens_are_split_between_the_budgets():

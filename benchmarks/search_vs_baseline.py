@@ -2,7 +2,7 @@
 
     python benchmarks/search_vs_baseline.py --smoke --json /tmp/svb.json           # seconds (CI): checks the code
     python benchmarks/search_vs_baseline.py --threads 2 --clock cpu --first-seed 12 --seeds 6 --json svb.json  # README
-        # (2 cores, ~35 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
+        # (2 cores, 35-47 min per seed): --data shapes (10 classes, 3,000 training and 3,000 test images, 32 px),
         # a 24-epoch teacher, S = 4 steps of 0.3 with E = 5 KD epochs each (a cosine lr within each), 21 screens
         # (7 per budget) in the stage space, each with one KD epoch on as many images as 0.2 of its budget's
         # compute buys

@@ -7,6 +7,7 @@
     python -m search --space stage --sampler nsga2 --objective-cost flops --max-flops 1000000000
     python -m search --trial-epochs 0 --bn-calib-batches 5 --mean-ratio   # EagleEye screens, plans of every size
     python -m search --trial-epochs 0 --bn-calib-batches 5 --target-params 10000000 --space stage  # at 10 M params
+    python -m search --study-name r50-7m --target-params 7000000 --space stage --warm-from r50-10m  # its pick first
     optuna-dashboard studies.db                                  # browse the study (journal file)
     python -m search.retrain --study-name r50 --trials front     # retrain the front with the full budget
     python -m search.retrain --study-name r50 --trials lowest-loss   # at one budget: the plan of lowest val_loss
@@ -35,11 +36,13 @@ from distill.config import config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
 from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
-from pruning.model import build_resnet50, channel_plan
+from pruning.model import build_resnet50, channel_plan, prunable_layers
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.objective import lock_path, prepare_teacher
-from search.space import TILT, PlanSize, baseline_plans, budget_steps, check_target
-from search.storage import file_lock, open_storage, redact
+from search.front import lowest_loss
+from search.space import (TILT, PlanSize, baseline_plans, budget_steps, check_target, config_changes,
+                          kd_param_names, plan_param_names)
+from search.storage import file_lock, load_study, open_storage, redact
 from search.worker import spawn_workers, work
 
 
@@ -47,9 +50,11 @@ def run(cfg: SearchConfig) -> optuna.Study:
     """Run (or resume) the study ``cfg`` describes until it has ``n_trials`` COMPLETE trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own summary line
     storage = open_storage(cfg.storage)  # first: a wrong --storage fails in seconds, not after the teacher
+    # before the teacher and the study: a --warm-from that cannot serve fails in seconds and leaves nothing behind
+    warm = carried(cfg, load_study(cfg.storage, cfg.warm_from)) if cfg.warm_from else None
     prepare_out_dir(cfg.study_dir, cfg)
     teacher = prepare_teacher(cfg)
-    study = prepare_study(cfg, teacher, storage)
+    study = prepare_study(cfg, teacher, storage, warm)
     if cfg.n_workers == 1:
         work(cfg, 0, teacher)
     else:
@@ -58,8 +63,11 @@ def run(cfg: SearchConfig) -> optuna.Study:
     return study
 
 
-def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> optuna.Study:
-    """Create or reopen the study; refuse a different config; queue the baseline's uniform plans."""
+def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage,
+                  warm: tuple[dict, int] | None) -> optuna.Study:
+    """Create or reopen the study; refuse a different config; queue the baseline's uniform plans, then ``warm``
+    (``carried``: the ``--warm-from`` study's pick and its trial number)."""
+    dense = channel_plan(build_resnet50(2))
     with file_lock(lock_path(cfg)), warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         study = optuna.create_study(study_name=cfg.study_name, storage=storage, load_if_exists=True,
@@ -82,9 +90,12 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
             study.set_user_attr("config", config_dict(cfg))
             study.set_user_attr("teacher", str(teacher))
             study.set_user_attr("versions", versions())
-        plans = baseline_plans(cfg, channel_plan(build_resnet50(2)), teacher_size(teacher, cfg))
+        plans = baseline_plans(cfg, dense, teacher_size(teacher, cfg))
         for params in plans:
             study.enqueue_trial(params, skip_if_exists=True)
+        if warm:  # after the baseline's plans: trial 0 stays the baseline's own plan
+            study.enqueue_trial(warm[0], user_attrs={"warm_from": cfg.warm_from, "warm_trial": warm[1]},
+                                skip_if_exists=True)
         expected = min(1, cfg.steps) if cfg.fitted else len(budget_steps(cfg.steps))
         if len(plans) < expected:
             print(f"{expected - len(plans)} of the baseline's plans are outside this space (beyond --max-ratio, "
@@ -93,6 +104,21 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage) -> opt
                   f"whole): not enqueued",
                   flush=True)
     return study
+
+
+def carried(cfg: SearchConfig, source: optuna.Study) -> tuple[dict, int]:
+    """``--warm-from``: the params of the earlier study's pick (``lowest_loss``) that this study samples, its
+    plan's and, when this study tunes them, its KD settings; and the pick's trial number. Its plan must be of this
+    study's kind: tilts fit any budget, per-group ratios are the same widths again."""
+    pick = lowest_loss(source, f"--warm-from {cfg.warm_from}",
+                       f"screen it first (python -m search --study-name {cfg.warm_from})")
+    wanted, kd = plan_param_names(cfg, prunable_layers(build_resnet50(2))), config_changes(pick.params)
+    plan = {name: value for name, value in pick.params.items() if name not in kd}
+    if set(plan) != set(wanted):
+        raise UserError(f"--warm-from {cfg.warm_from}: its pick (trial {pick.number}) has params "
+                        f"{', '.join(sorted(plan))}, this study samples {', '.join(wanted[:3])}...; warm from a "
+                        f"study of the same --space and sizing (--target-params/--target-flops, --mean-ratio)")
+    return {**plan, **{name: kd[name] for name in kd_param_names(cfg) if name in kd}}, pick.number
 
 
 def teacher_size(teacher: Path, cfg: SearchConfig) -> PlanSize | None:

@@ -2,8 +2,12 @@
 the front its report draws (``search.report``)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
+
+from pruning.errors import UserError
 
 
 def non_dominated(loss: np.ndarray) -> np.ndarray:
@@ -22,3 +26,15 @@ def is_feasible(trial: FrozenTrial) -> bool:
 def feasible(complete: list[FrozenTrial]) -> list[FrozenTrial]:
     """The COMPLETE trials a front or a pick is taken from: the feasible ones, or all of them while none is."""
     return [t for t in complete if is_feasible(t)] or complete
+
+
+def lowest_loss(study, flag: str, fix: str) -> FrozenTrial:
+    """A budget's pick: the feasible COMPLETE trial of lowest finite held-out loss; ties: the smaller, then the
+    earlier plan (``benchmarks/search_vs_baseline.py``'s pick by ``val_loss``). ``flag`` (the option that asked)
+    and ``fix`` make the error when no trial has a loss."""
+    scored = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if math.isfinite(t.user_attrs.get("val_loss", math.nan))]
+    if not scored:
+        raise UserError(f"{flag}: no COMPLETE trial of study {study.study_name!r} recorded a finite held-out loss "
+                        f"(val_loss); {fix}")
+    return min(feasible(scored), key=lambda t: (t.user_attrs["val_loss"], t.user_attrs.get("params", 0), t.number))

@@ -25,7 +25,6 @@ Each plan is a run directory ``<out>/<study_name>/retrain/trial_<N>/`` in the ba
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from distill.trainer import prepare
 from pruning.errors import UserError, run_cli
 from pruning.model import channel_plan, prunable_layers
 from search.config import SEARCH_PRESETS, StudyFields
-from search.front import feasible
+from search.front import lowest_loss
 from search.space import config_changes
 from search.storage import load_study
 
@@ -90,7 +89,7 @@ def select_trials(study, asked: tuple[str, ...]) -> list[FrozenTrial]:
             chosen.update({t.number: t for t in study.best_trials})
             continue
         if item == "lowest-loss":
-            best = lowest_loss(study)
+            best = lowest_loss(study, "--trials lowest-loss", "give trial numbers or 'front'")
             chosen[best.number] = best
             continue
         if not item.isdigit() or int(item) not in by_number:
@@ -103,17 +102,6 @@ def select_trials(study, asked: tuple[str, ...]) -> list[FrozenTrial]:
     if not chosen:
         raise UserError(f"study {study.study_name!r} has no feasible COMPLETE trial yet; run python -m search first")
     return [chosen[n] for n in sorted(chosen)]
-
-
-def lowest_loss(study) -> FrozenTrial:
-    """The feasible COMPLETE trial (``search.front.feasible``) of lowest finite held-out loss; ties: the smaller,
-    then the earlier plan (``benchmarks/search_vs_baseline.py``'s pick by ``val_loss``)."""
-    scored = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if math.isfinite(t.user_attrs.get("val_loss", math.nan))]
-    if not scored:
-        raise UserError(f"--trials lowest-loss: no COMPLETE trial of study {study.study_name!r} recorded a finite "
-                        f"held-out loss (val_loss); give trial numbers or 'front'")
-    return min(feasible(scored), key=lambda t: (t.user_attrs["val_loss"], t.user_attrs.get("params", 0), t.number))
 
 
 def run(cfg: RetrainConfig) -> list[dict]:

@@ -65,6 +65,22 @@ def ratio_params(layers: list[str], space: str, prefix: str = "ratio") -> list[s
     return list(dict.fromkeys(f"{prefix}/{group_of(layer, space)}" for layer in layers))
 
 
+def plan_param_names(cfg, layers: list[str]) -> list[str]:
+    """The names of the params ``suggest`` samples for a plan's widths under ``cfg`` (not its KD settings)."""
+    if cfg.fitted:
+        return ratio_params(layers, cfg.space, "tilt")
+    if cfg.mean_ratio:
+        return [MEAN, *ratio_params(layers, cfg.space, "share")]
+    return ratio_params(layers, cfg.space)
+
+
+def kd_param_names(cfg) -> list[str]:
+    """The names of the KD settings ``suggest`` samples under ``cfg`` (none for a screen without KD epochs)."""
+    if not cfg.trial_epochs or not cfg.tune_kd:
+        return []
+    return ["temperature", "alpha", *(["kd", "beta", "dkd_beta"] if cfg.search_kd else [])]
+
+
 def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None = None
             ) -> tuple[dict[str, float], dict]:
     """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta,

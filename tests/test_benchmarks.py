@@ -307,6 +307,39 @@ def test_search_vs_baseline_equal_flops_picks_no_plan_costlier_per_image_than_th
         search_vs_baseline.parse_args(["--smoke", "--work", str(work), "--equal-flops", "--no-fit-budgets"])
 
 
+def test_search_vs_baseline_carry_picks_screens_the_previous_budgets_pick_and_charges_the_chain(tmp_path):
+    """--carry-picks: the k = 2 study's trial 1 is the k = 1 study's lowest-loss pick (its tilts, fitted to the k = 2
+    budget); the chain of studies costs the share of the baseline's compute up to each budget, and is charged."""
+    work = tmp_path / "work"
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5", "--carry-picks")
+    first, second = result["per_seed"][0]["budgets"]
+    assert result["carry_picks"] is True and (first["study"], second["study"]) == ("seed0-k1", "seed0-k2-carry")
+    storage = str(work / "studies.db")
+    k1, k2 = (load_study(storage, b["study"]) for b in (first, second))
+    pick = min((t for t in k1.trials if t.state == TrialState.COMPLETE),
+               key=lambda t: (t.user_attrs["val_loss"], t.user_attrs["params"], t.number))
+    carried = k2.trials[1]
+    assert carried.user_attrs["warm_from"] == "seed0-k1" and carried.user_attrs["warm_trial"] == pick.number
+    assert carried.params == pick.params and carried.user_attrs["params"] <= second["budget_params"]
+    assert "warm_from" not in k2.trials[0].user_attrs  # trial 0: the baseline's own plan
+    assert second["carried"] is (second["trial"] == 1) and result["budgets"][1]["carried"] == int(second["carried"])
+    assert first["carried"] is False
+    # each study screens with the share of the epochs its budget adds; the k = 2 model is charged both studies
+    added = [b["baseline_epochs"] for b in (first, second)]
+    added[1] -= added[0]
+    config = [study.user_attrs["config"] for study in (k1, k2)]
+    sizes = search_vs_baseline.split_sizes({**config[0], "trial_subset": 0})  # the whole split, before the share
+    assert [c["trial_subset"] for c in config] == [
+        search_vs_baseline.kd_screen_images(result["screen_share"], epochs, 2, sizes, c["bn_calib_batches"],
+                                            c["batch_size"]) for epochs, c in zip(added, config)]
+    own = [search_vs_baseline.study_cost(study, 0)["screening_epochs"] for study in (k1, k2)]
+    assert first["screening_epochs"] == own[0] and second["screening_epochs"] == pytest.approx(sum(own), abs=1e-4)
+    assert second["compute_ratio"] == pytest.approx(
+        (sum(own) + second["search_epochs"]) / second["baseline_epochs"], abs=1e-3)
+    with pytest.raises(UserError, match="--carry-picks needs --fit-budgets"):
+        search_vs_baseline.parse_args(["--smoke", "--work", str(work), "--carry-picks", "--pick-by", "accuracy"])
+
+
 def test_kd_screen_images_spend_the_share_and_no_more():
     sizes = search_vs_baseline.Sizes(train_images=3000, screen_images=2700, screen_eval_images=200)
     # the README's run: 7 screens per budget, 4 recalibration batches of 64, E = 5, S = 4, F = 1

@@ -299,3 +299,51 @@ def test_a_study_screened_with_shares_is_not_continued_with_tilts(tmp_path, teac
                   trial_epochs=0, bn_calib_batches=1))
     assert exc.value.code == 2 and "was screened with shares (share/<group>)" in capsys.readouterr().err
     assert len(load_study(storage, "old").trials) == 1  # nothing added
+
+
+def add_tilt_trials(study, *rows) -> None:
+    """COMPLETE trials of a --target-params --space stage study: (tilts of layer1..4, val_loss) each."""
+    tilt = optuna.distributions.FloatDistribution(-3.0, 3.0)
+    for tilts, val_loss in rows:
+        params = {f"tilt/layer{i}": value for i, value in enumerate(tilts, 1)}
+        study.add_trial(optuna.trial.create_trial(values=[50.0, 1e7], params=params, user_attrs={"val_loss": val_loss},
+                                                  distributions=dict.fromkeys(params, tilt)))
+
+
+def test_warm_from_queues_the_earlier_studys_pick_fitted_to_this_budget(tmp_path, teacher_file):
+    """Issue 12: the k = 2 study's pick, fitted to the k = 4 budget, won where the k = 4 study's draws lost."""
+    storage = str(tmp_path / "studies.db")
+    k2 = optuna.create_study(study_name="k2", storage=open_storage(storage), directions=["maximize", "minimize"])
+    add_tilt_trials(k2, ([0.0, 0.0, 0.0, 0.0], 1.9), ([-1.5, 0.5, 0.2, 0.8], 1.2), ([2.0, -1.0, 0.0, -1.0], 1.6))
+    target = 15_000_000
+    with contextlib.chdir(tmp_path):
+        main(argv(study_name="k4", storage=storage, teacher=teacher_file, target_params=target, space="stage",
+                  trial_epochs=0, bn_calib_batches=1, n_trials=2, warm_from="k2"))
+    trials = load_study(storage, "k4").trials
+    warm = [t for t in trials if "warm_from" in t.user_attrs]
+    assert len(warm) == 1 and warm[0].number == 1  # right after the baseline's own plan (trial 0)
+    assert warm[0].params == {"tilt/layer1": -1.5, "tilt/layer2": 0.5, "tilt/layer3": 0.2, "tilt/layer4": 0.8}
+    assert warm[0].user_attrs["warm_from"] == "k2" and warm[0].user_attrs["warm_trial"] == 1
+    assert target * 0.95 < warm[0].user_attrs["params"] <= target  # the shape, fitted to this study's budget
+
+
+@pytest.mark.parametrize("warm_from, error", [
+    ("k4", "a study cannot start from its own pick"),
+    ("none", "--study-name none: no such study"),
+    ("shares", "--warm-from shares: its pick (trial 0) has params share/layer1, this study samples tilt/layer1"),
+    ("unscored", "--warm-from unscored: no COMPLETE trial of study 'unscored' recorded a finite held-out loss")])
+def test_warm_from_refuses_a_study_it_cannot_start_from(tmp_path, teacher_file, capsys, warm_from, error):
+    storage = str(tmp_path / "studies.db")
+    shares = optuna.create_study(study_name="shares", storage=open_storage(storage),
+                                 directions=["maximize", "minimize"])
+    share = {"share/layer1": optuna.distributions.FloatDistribution(0, 1)}
+    shares.add_trial(optuna.trial.create_trial(values=[50.0, 1e7], params={"share/layer1": 0.5}, distributions=share,
+                                               user_attrs={"val_loss": 1.0}))
+    add_tilt_trials(optuna.create_study(study_name="unscored", storage=open_storage(storage),
+                                        directions=["maximize", "minimize"]), ([0.0] * 4, float("nan")))
+    with contextlib.chdir(tmp_path), pytest.raises(SystemExit) as exc:
+        main([*argv(study_name="k4", storage=storage, teacher=teacher_file, target_params=15_000_000, space="stage",
+                    trial_epochs=0, bn_calib_batches=1), "--warm-from", warm_from])
+    assert exc.value.code == 2 and error in capsys.readouterr().err
+    assert "k4" not in {s.study_name for s in open_storage(storage).get_all_studies()}  # nothing left behind
+    assert not (tmp_path / "runs" / "k4").exists()

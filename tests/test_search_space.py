@@ -18,8 +18,8 @@ from pruning.plan import exact_ratios, substep_plans, target_plan, uniform_plans
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.retrain import RetrainConfig, retrain_schedule, screened_plan
 from search.retrain import parse as retrain_parse
-from search.space import (PlanSize, baseline_plans, budget_steps, check_target, fit_ratios, layer_ratios, ratio_params,
-                          suggest)
+from search.space import (PlanSize, baseline_plans, budget_steps, check_target, fit_ratios, kd_param_names,
+                          layer_ratios, plan_param_names, ratio_params, suggest)
 from search.storage import open_storage
 
 DENSE = channel_plan(build_resnet50(2))
@@ -47,6 +47,8 @@ def test_suggest_records_named_params_and_maps_them_to_layers(space, search_kd, 
     assert 1.0 <= changes["temperature"] <= 20.0 and 0.0 <= changes["alpha"] <= 1.0
     groups = {"mean_ratio", *ratio_params(LAYERS, space, "share")} if mean_ratio else set(ratio_params(LAYERS, space))
     assert set(trial.params) == groups | set(changes)
+    # the names --warm-from checks a carried pick against
+    assert set(plan_param_names(cfg, LAYERS)) == groups and kd_param_names(cfg) == list(changes)
     assert ("kd" in changes and "beta" in changes) == search_kd
     if space == "stage":  # every layer of a stage shares its stage's ratio
         assert ratios["layer3.0.conv1"] == ratios["layer3.5.conv2"]
@@ -88,6 +90,7 @@ def test_target_params_puts_every_plan_just_below_the_budget(space):
         trial = study.ask()
         ratios, _ = suggest(trial, cfg, LAYERS, SIZE)
         assert set(trial.params) == set(ratio_params(LAYERS, space, "tilt"))  # the size is not a param
+        assert plan_param_names(cfg, LAYERS) == ratio_params(LAYERS, space, "tilt") and not kd_param_names(cfg)
         assert 0.99 * target <= SIZE.count(target_plan(DENSE, ratios)) <= target
         assert max(ratios.values()) <= cfg.max_ratio
     uneven = {name: (3.0 if name.startswith("tilt/layer4") else -3.0) for name in ratio_params(LAYERS, space, "tilt")}

@@ -38,10 +38,10 @@ from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
 from pruning.model import build_resnet50, channel_plan, prunable_layers
 from search.config import SEARCH_PRESETS, SearchConfig
-from search.objective import lock_path, prepare_teacher
 from search.front import lowest_loss
-from search.space import (TILT, PlanSize, baseline_plans, budget_steps, check_target, config_changes,
-                          kd_param_names, plan_param_names)
+from search.objective import lock_path, prepare_teacher
+from search.space import (MEAN, TILT, PlanSize, baseline_plans, budget_steps, check_target, config_changes,
+                          kd_param_names, plan_param_names, plan_widths)
 from search.storage import file_lock, load_study, open_storage, redact
 from search.worker import spawn_workers, work
 
@@ -51,7 +51,7 @@ def run(cfg: SearchConfig) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own summary line
     storage = open_storage(cfg.storage)  # first: a wrong --storage fails in seconds, not after the teacher
     # before the teacher and the study: a --warm-from that cannot serve fails in seconds and leaves nothing behind
-    warm = carried(cfg, load_study(cfg.storage, cfg.warm_from)) if cfg.warm_from else None
+    warm = carried(cfg, load_study(cfg.storage, cfg.warm_from, "--warm-from")) if cfg.warm_from else None
     prepare_out_dir(cfg.study_dir, cfg)
     teacher = prepare_teacher(cfg)
     study = prepare_study(cfg, teacher, storage, warm)
@@ -90,10 +90,14 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage,
             study.set_user_attr("config", config_dict(cfg))
             study.set_user_attr("teacher", str(teacher))
             study.set_user_attr("versions", versions())
-        plans = baseline_plans(cfg, dense, teacher_size(teacher, cfg))
+        size = teacher_size(teacher, cfg)
+        plans = baseline_plans(cfg, dense, size)
         for params in plans:
             study.enqueue_trial(params, skip_if_exists=True)
-        if warm:  # after the baseline's plans: trial 0 stays the baseline's own plan
+        if warm and any(plan_widths(warm[0], cfg, dense, size) == plan_widths(p, cfg, dense, size) for p in plans):
+            print(f"--warm-from {cfg.warm_from}: its pick (trial {warm[1]}) has the widths of the baseline's plan "
+                  f"here, screened already: not queued again", flush=True)
+        elif warm:  # after the baseline's plans: trial 0 stays the baseline's own plan
             study.enqueue_trial(warm[0], user_attrs={"warm_from": cfg.warm_from, "warm_trial": warm[1]},
                                 skip_if_exists=True)
         expected = min(1, cfg.steps) if cfg.fitted else len(budget_steps(cfg.steps))
@@ -118,6 +122,11 @@ def carried(cfg: SearchConfig, source: optuna.Study) -> tuple[dict, int]:
         raise UserError(f"--warm-from {cfg.warm_from}: its pick (trial {pick.number}) has params "
                         f"{', '.join(sorted(plan))}, this study samples {', '.join(wanted[:3])}...; warm from a "
                         f"study of the same --space and sizing (--target-params/--target-flops, --mean-ratio)")
+    over = [name for name, value in plan.items() if not cfg.fitted and name.startswith(("ratio/", MEAN))
+            and value > cfg.max_ratio]
+    if over:
+        raise UserError(f"--warm-from {cfg.warm_from}: its pick (trial {pick.number}) has {over[0]} "
+                        f"{plan[over[0]]:g}, beyond this study's --max-ratio {cfg.max_ratio:g}; raise --max-ratio")
     return {**plan, **{name: kd[name] for name in kd_param_names(cfg) if name in kd}}, pick.number
 
 

@@ -1,5 +1,6 @@
 """The Pareto front of a set of points: one rule for the checkpoints a study keeps (``search.worker``) and
-the front its report draws (``search.report``)."""
+the front its report draws (``search.report``); and a budget study's pick (``lowest_loss``: what
+``search.retrain --trials lowest-loss`` retrains and ``python -m search --warm-from`` carries)."""
 from __future__ import annotations
 
 import math

@@ -160,6 +160,15 @@ def check_target(cfg, size: PlanSize) -> None:
                             f"{count(smallest):,} {UNITS[flag]}; raise --max-ratio or the target")
 
 
+def plan_widths(params: dict, cfg, dense: dict[str, int], size: PlanSize | None = None) -> dict[str, int]:
+    """The widths a trial of these params screens (``suggest``'s rule from params: fitted with ``size`` under
+    --target-params/--target-flops, else per-group ratios); other keys are ignored."""
+    layers = list(dense)
+    if cfg.fitted:
+        return target_plan(size.dense, fit_ratios(params, layers, cfg, size), cfg.round_to)
+    return target_plan(dense, layer_ratios(params, layers, cfg.space, cfg.max_ratio), cfg.round_to)
+
+
 def fit_ratios(params: dict, layers: list[str], cfg, size: PlanSize) -> dict[str, float]:
     """--target-params (and/or --target-flops): the largest plan within those budgets of the trial's shape, its
     ``tilt/<group>`` params: layer ratios ``max_ratio x sigmoid(offset + tilt)``, the offset found by bisection.

@@ -34,6 +34,8 @@ GRACE_S = 180        # three missed beats: a busy GIL or a slow filesystem is no
 MAX_RETRY = 2        # a plan whose workers keep dying (e.g. killed for memory) is not retried forever
 HEARTBEAT_KEY = "heartbeat"
 STALE_REASON = "its worker stopped (killed or lost) during the trial; the plan was queued again"
+# Where a queued plan came from (``python -m search --warm-from``): a retry of it keeps them.
+PROVENANCE = ("warm_from", "warm_trial")
 SETTLE_S = 0.2      # a journal line another worker is appending is complete after this (fuzzers set 0)
 
 
@@ -122,14 +124,15 @@ def is_journal_line(line: bytes) -> bool:
     return isinstance(record, dict) and "op_code" in record
 
 
-def load_study(storage_url: str, study_name: str) -> optuna.Study:
-    """An existing study (for retraining and reports); a UserError lists the studies that do exist."""
+def load_study(storage_url: str, study_name: str, flag: str = "--study-name") -> optuna.Study:
+    """An existing study (for retraining and reports); a UserError, naming the ``flag`` that gave the name, lists
+    the studies that do exist."""
     storage = open_storage(storage_url)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = [s.study_name for s in storage.get_all_studies()]
-        raise UserError(f"--study-name {study_name}: no such study in --storage {redact(storage_url)} (it holds: "
+        raise UserError(f"{flag} {study_name}: no such study in --storage {redact(storage_url)} (it holds: "
                         f"{', '.join(names) or 'no study'}); run `python -m search --study-name {study_name}` "
                         f"first") from None
 
@@ -165,11 +168,11 @@ def mark_stale(storage: BaseStorage, trial_ids: list[int]) -> list[int]:
 
 class RetryCleanly(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial, without copying its user attrs (``fail_reason``, partial
-    results) or its last heartbeat into the new trial."""
+    results; but its ``PROVENANCE``) or its last heartbeat into the new trial."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         clean = copy.deepcopy(trial)
-        clean.user_attrs = {}
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in PROVENANCE}
         clean.system_attrs = {k: v for k, v in trial.system_attrs.items() if k in RETRY_SYSTEM_ATTRS}
         super().__call__(study, clean)
 

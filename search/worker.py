@@ -37,7 +37,7 @@ from search.config import SearchConfig
 from search.front import is_feasible, non_dominated
 from search.objective import MAX_CONSECUTIVE_FAILS, Objective, trial_checkpoint
 from search.optuna_private import enqueued_params, trial_id_of
-from search.storage import STALE_REASON, fail_stale_trials, open_storage
+from search.storage import PROVENANCE, STALE_REASON, fail_stale_trials, open_storage
 
 POLL_S = 5  # how often a worker with nothing to start checks whether the running trials finished
 SEED_ATTR = "sampler_seed"  # user attr: the seed of the sampler of the worker that ran the trial
@@ -151,11 +151,13 @@ def beating(storage: BaseStorage, trial_id: int) -> Iterator[None]:
 def retry_enqueued_plan(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed enqueued plan (the baseline's plans, search/__main__.py) once more, marked with
     ``retry_of``: one NaN loss or OOM must not take the baseline out of the study, and a plan that fails
-    twice is not retried forever. Stale trials are not retried here: ``search.storage`` queues them."""
+    twice is not retried forever (``PROVENANCE``, a ``--warm-from`` plan's origin, is kept). Stale trials are not
+    retried here: ``search.storage`` queues them."""
     params = enqueued_params(trial)
     if (trial.state == TrialState.FAIL and params is not None and RETRY_ATTR not in trial.user_attrs
             and trial.user_attrs.get("fail_reason") != STALE_REASON):
-        study.enqueue_trial(params, user_attrs={RETRY_ATTR: trial.number})
+        kept = {k: v for k, v in trial.user_attrs.items() if k in PROVENANCE}
+        study.enqueue_trial(params, user_attrs={**kept, RETRY_ATTR: trial.number})
 
 
 def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[FrozenTrial]:

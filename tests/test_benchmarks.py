@@ -307,31 +307,44 @@ def test_search_vs_baseline_equal_flops_picks_no_plan_costlier_per_image_than_th
         search_vs_baseline.parse_args(["--smoke", "--work", str(work), "--equal-flops", "--no-fit-budgets"])
 
 
-def test_search_vs_baseline_carry_picks_screens_the_previous_budgets_pick_and_charges_the_chain(tmp_path):
+def test_search_vs_baseline_carry_picks_screens_the_previous_budgets_pick_and_charges_the_chain(tmp_path, capsys):
     """--carry-picks: the k = 2 study's trial 1 is the k = 1 study's lowest-loss pick (its tilts, fitted to the k = 2
     budget); the chain of studies costs the share of the baseline's compute up to each budget, and is charged."""
     work = tmp_path / "work"
-    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5", "--carry-picks")
+    # no closing epochs: k = 2 adds 1 epoch to k = 1's, so its screens get k = 1's images, not the 2 epochs' more
+    result = run_smoke(search_vs_baseline, tmp_path, "--work", str(work), "--screen-subset", "5", "--carry-picks",
+                       "--final-epochs", "0")
+    out = capsys.readouterr().out
     first, second = result["per_seed"][0]["budgets"]
     assert result["carry_picks"] is True and (first["study"], second["study"]) == ("seed0-k1", "seed0-k2-carry")
     storage = str(work / "studies.db")
     k1, k2 = (load_study(storage, b["study"]) for b in (first, second))
     pick = min((t for t in k1.trials if t.state == TrialState.COMPLETE),
                key=lambda t: (t.user_attrs["val_loss"], t.user_attrs["params"], t.number))
-    carried = k2.trials[1]
-    assert carried.user_attrs["warm_from"] == "seed0-k1" and carried.user_attrs["warm_trial"] == pick.number
-    assert carried.params == pick.params and carried.user_attrs["params"] <= second["budget_params"]
+    assert pick.number == first["trial"]  # the budget's pick is the study's lowest-loss plan
     assert "warm_from" not in k2.trials[0].user_attrs  # trial 0: the baseline's own plan
-    assert second["carried"] is (second["trial"] == 1) and result["budgets"][1]["carried"] == int(second["carried"])
+    warm = [t for t in k2.trials if "warm_from" in t.user_attrs]
+    if pick.number == 0 and not warm:  # k = 1's own plan, fitted to k = 2: k = 2's own plan, not screened twice
+        assert "--warm-from seed0-k1: its pick (trial 0) has the widths of the baseline's plan" in out
+        assert second["carried"] is False
+    else:
+        [carried] = warm
+        assert carried.number == 1 and carried.user_attrs == {**carried.user_attrs, "warm_from": "seed0-k1",
+                                                              "warm_trial": pick.number}
+        assert carried.params == pick.params and carried.user_attrs["params"] <= second["budget_params"]
+        assert second["carried"] is (second["trial"] == 1)
+    assert result["budgets"][1]["carried"] == int(second["carried"])
     assert first["carried"] is False
     # each study screens with the share of the epochs its budget adds; the k = 2 model is charged both studies
     added = [b["baseline_epochs"] for b in (first, second)]
     added[1] -= added[0]
     config = [study.user_attrs["config"] for study in (k1, k2)]
     sizes = search_vs_baseline.split_sizes({**config[0], "trial_subset": 0})  # the whole split, before the share
-    assert [c["trial_subset"] for c in config] == [
-        search_vs_baseline.kd_screen_images(result["screen_share"], epochs, 2, sizes, c["bn_calib_batches"],
-                                            c["batch_size"]) for epochs, c in zip(added, config)]
+    def images(epochs: int) -> int:
+        return search_vs_baseline.kd_screen_images(result["screen_share"], epochs, 2, sizes,
+                                                   config[0]["bn_calib_batches"], config[0]["batch_size"])
+
+    assert added == [1, 1] and [c["trial_subset"] for c in config] == [images(1), images(1)] < [images(1), images(2)]
     own = [search_vs_baseline.study_cost(study, 0)["screening_epochs"] for study in (k1, k2)]
     assert first["screening_epochs"] == own[0] and second["screening_epochs"] == pytest.approx(sum(own), abs=1e-4)
     assert second["compute_ratio"] == pytest.approx(

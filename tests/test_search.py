@@ -6,6 +6,7 @@ tests that change a study work on a copy or on their own study, reusing its teac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -31,10 +32,10 @@ from distill.trainer import NonFiniteLoss
 from pruning.errors import UserError
 from pruning.model import build_resnet50, channel_plan
 from pruning.plan import target_plan, uniform_plans
-from search.__main__ import main, print_front
+from search.__main__ import carried, main, print_front
 from search.config import SearchConfig
 from search.retrain import main as retrain_main, select_trials
-from search.space import layer_ratios
+from search.space import PlanSize, baseline_plans, layer_ratios
 from search.storage import load_study, open_storage
 
 # Torch-Pruning gives NNI's channels ~10x faster (issue 5); NNI when it is not installed.
@@ -327,9 +328,50 @@ def test_warm_from_queues_the_earlier_studys_pick_fitted_to_this_budget(tmp_path
     assert target * 0.95 < warm[0].user_attrs["params"] <= target  # the shape, fitted to this study's budget
 
 
+def test_warm_from_carries_kd_settings_only_to_a_study_that_samples_them():
+    source = optuna.create_study(study_name="k2", directions=["maximize", "minimize"])
+    tilts = {f"tilt/layer{i}": 0.5 * i for i in range(1, 5)}
+    kd = {"temperature": 3.0, "alpha": 0.4}
+    dist = {**dict.fromkeys(tilts, optuna.distributions.FloatDistribution(-3.0, 3.0)),
+            "temperature": optuna.distributions.FloatDistribution(1.0, 20.0, log=True),
+            "alpha": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    source.add_trial(optuna.trial.create_trial(values=[50.0, 1e7], params={**tilts, **kd}, distributions=dist,
+                                               user_attrs={"val_loss": 1.0}))
+    fitted = {"target_params": 10_000_000, "space": "stage", "warm_from": "k2"}
+    tuned = make_config(SearchConfig, {**fitted, "trial_epochs": 1})
+    screens = make_config(SearchConfig, {**fitted, "trial_epochs": 0, "bn_calib_batches": 1})
+    assert carried(tuned, source) == ({**tilts, **kd}, 0)
+    assert carried(screens, source) == (tilts, 0)  # recalibration screens sample no KD settings
+
+
+def test_warm_from_refuses_ratios_beyond_this_studys_max_ratio():
+    source = optuna.create_study(study_name="wide", directions=["maximize", "minimize"])
+    ratios = {f"ratio/layer{i}": 0.8 for i in range(1, 5)}
+    source.add_trial(optuna.trial.create_trial(
+        values=[50.0, 1e7], params=ratios, user_attrs={"val_loss": 1.0},
+        distributions=dict.fromkeys(ratios, optuna.distributions.FloatDistribution(0.0, 0.9))))
+    cfg = make_config(SearchConfig, {"space": "stage", "max_ratio": 0.5, "warm_from": "wide"})
+    with pytest.raises(UserError, match="ratio/layer1 0.8, beyond this study's --max-ratio 0.5; raise --max-ratio"):
+        carried(cfg, source)
+    assert carried(dataclasses.replace(cfg, max_ratio=0.9), source)[0] == ratios
+
+
+def test_warm_from_does_not_screen_the_baseline_plan_twice(tmp_path, teacher_file, capsys):
+    """A pick whose shape is the baseline's own plan here (trial 0) is not screened again."""
+    storage = str(tmp_path / "studies.db")
+    flags = {"target_params": 15_000_000, "space": "stage", "trial_epochs": 0, "bn_calib_batches": 1}
+    [own] = baseline_plans(make_config(SearchConfig, {**SEARCH, **flags}), DENSE, PlanSize.of(build_resnet50(4), 32))
+    k2 = optuna.create_study(study_name="k2", storage=open_storage(storage), directions=["maximize", "minimize"])
+    add_tilt_trials(k2, ([own[f"tilt/layer{i}"] for i in range(1, 5)], 1.0), ([1.0, 0.0, 0.0, -1.0], 1.5))
+    with contextlib.chdir(tmp_path):
+        main(argv(study_name="k4", storage=storage, teacher=teacher_file, n_trials=1, warm_from="k2", **flags))
+    assert "--warm-from k2: its pick (trial 0) has the widths of the baseline's plan" in capsys.readouterr().out
+    assert [t.user_attrs.get("warm_from") for t in load_study(storage, "k4").trials] == [None]
+
+
 @pytest.mark.parametrize("warm_from, error", [
     ("k4", "a study cannot start from its own pick"),
-    ("none", "--study-name none: no such study"),
+    ("none", "--warm-from none: no such study"),
     ("shares", "--warm-from shares: its pick (trial 0) has params share/layer1, this study samples tilt/layer1"),
     ("unscored", "--warm-from unscored: no COMPLETE trial of study 'unscored' recorded a finite held-out loss")])
 def test_warm_from_refuses_a_study_it_cannot_start_from(tmp_path, teacher_file, capsys, warm_from, error):

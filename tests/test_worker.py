@@ -21,7 +21,7 @@ from distill.config import make_config
 from search.config import SearchConfig
 from search.objective import trial_checkpoint
 from search.optuna_private import enqueued_params
-from search.storage import HEARTBEAT_KEY, STALE_REASON, fail_stale_trials, open_storage
+from search.storage import HEARTBEAT_KEY, PROVENANCE, STALE_REASON, fail_stale_trials, open_storage
 from search.worker import RETRY_ATTR, SEED_ATTR, keep_front_checkpoints, retry_enqueued_plan, run_trial
 from test_reliability import SEARCH, ROOT, trials
 
@@ -61,7 +61,8 @@ def test_a_trial_failed_as_stale_under_a_live_worker_does_not_stop_it(tmp_path, 
 
     if when == "inside tell":
         study.sampler = StaleAtTell(stale_now)
-    study.enqueue_trial({"x": 0.5})  # an enqueued plan failed as stale is queued by the stale retry only
+    # an enqueued plan failed as stale is queued by the stale retry only, with its origin (--warm-from)
+    study.enqueue_trial({"x": 0.5}, user_attrs={"warm_from": "k2", "warm_trial": 3})
 
     def objective(trial):
         trial.suggest_float("x", 0.0, 1.0)
@@ -81,12 +82,13 @@ def test_a_trial_failed_as_stale_under_a_live_worker_does_not_stop_it(tmp_path, 
     second = run_trial(study, storage, objective, seed=7)  # the worker goes on, with the retry
     assert second.number == waiting.number and second.state == TrialState.COMPLETE
     assert second.params == first.params and second.system_attrs["failed_trial"] == 0
+    assert {k: second.user_attrs.get(k) for k in PROVENANCE} == {"warm_from": "k2", "warm_trial": 3}
     assert second.user_attrs[SEED_ATTR] == 7 and second.system_attrs[HEARTBEAT_KEY]["pid"] == os.getpid()
 
 
 def test_a_failed_enqueued_plan_is_retried_once(tmp_path, capsys):
     study, storage, _ = journal_study(tmp_path)
-    study.enqueue_trial({"x": 0.5})
+    study.enqueue_trial({"x": 0.5}, user_attrs={"warm_from": "k2", "warm_trial": 3})
 
     def failing(trial):
         trial.suggest_float("x", 0.0, 1.0)
@@ -98,6 +100,7 @@ def test_a_failed_enqueued_plan_is_retried_once(tmp_path, capsys):
     assert [t.state for t in ts] == [TrialState.FAIL] * 3 and capsys.readouterr().out == ""
     assert [enqueued_params(t) for t in ts[:2]] == [{"x": 0.5}] * 2 and enqueued_params(ts[2]) is None
     assert [t.user_attrs.get(RETRY_ATTR) for t in ts] == [None, 0, None]
+    assert [t.user_attrs.get("warm_from") for t in ts] == ["k2", "k2", None]  # the retry keeps its origin
 
 
 # --- checkpoints of the front --------------------------------------------------------------------------

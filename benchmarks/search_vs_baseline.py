@@ -700,8 +700,8 @@ def kd_screen_images(share: float, epochs: float, n_screens: int, sizes: Sizes, 
     images = int((passes - bn_calib_batches * batch_size - sizes.screen_eval_images) // TRAIN_PASSES)
     if images < batch_size:
         raise UserError(f"--screen-share {share}: {n_screens} screens sharing {share:g} x {epochs:g} of the "
-                        f"baseline's epochs buy {max(images, 0)} KD images each, under one batch ({batch_size}): raise --screen-share or "
-                        f"lower --n-trials")
+                        f"baseline's epochs buy {max(images, 0)} KD images each, under one batch ({batch_size}): "
+                        f"raise --screen-share or lower --n-trials")
     return min(images, sizes.screen_images)
 
 

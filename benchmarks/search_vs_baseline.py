@@ -511,14 +511,16 @@ class Seed:
             val_fraction=VAL_FRACTION, steps=0, final_epochs=0, out=self.root / "teacher")))
 
     def search(self, side: str, study_name: str, sampler: str, target_params: int = 0, target_flops: int = 0,
-               **fidelity) -> None:
+               sampler_seed: int = -1, **fidelity) -> None:
         """``python -m search`` from the shared teacher: one-shot prune to each plan, then the fidelity; no
         teacher cache (its 16 views cost 16 teacher passes per image, more than these screens spend) and no
         trial checkpoints (a retrain starts from the teacher). ``target_params``: every plan fitted to that many
         params (``target_flops``: and MACs per image); else sizes sampled (``--mean-ratio``) or per-group
-        ratios."""
-        # target_flops only when capped: earlier runs' command lines (and their recorded seconds) stay as they were
-        fit = {"target_flops": target_flops} if target_flops else {}
+        ratios. ``sampler_seed``: as ``--sampler-seed`` (-1, a fresh seed, is not written)."""
+        # target_flops and sampler_seed only when set: earlier runs' command lines (and their recorded seconds)
+        # stay as they were
+        fit = {**({"target_flops": target_flops} if target_flops else {}),
+               **({"sampler_seed": sampler_seed} if sampler_seed >= 0 else {})}
         sizing = (argv_of(target_params=target_params) if target_params else
                   ["--mean-ratio"] if self.args.mean_ratio else [])
         argv = merged(self.args.flags, self.schedule, argv_of(
@@ -675,7 +677,7 @@ def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict], caps: 
     only)."""
     args = s.args
     if not args.fit_budgets:  # no share without --fit-budgets: every budget's fidelity is recalibration only
-        s.search("search_screening", s.study_name, args.sampler, n_trials=args.n_trials,
+        s.search("search_screening", s.study_name, args.sampler, sampler_seed=draws(s.seed, 0), n_trials=args.n_trials,
                  **fidelities[next(iter(budgets))])
         return dict.fromkeys(budgets, s.study_name)
     # a capped study is another study, and so is a carrying one (the first budget's carries nothing): one --work
@@ -686,8 +688,16 @@ def screen(s: Seed, budgets: dict[int, int], fidelities: dict[int, dict], caps: 
     for i, ((k, params), n_trials) in enumerate(zip(budgets.items(), split_trials(args.n_trials, len(budgets)))):
         warm = {"warm_from": names[steps[i - 1]]} if args.carry_picks and i else {}
         s.search("search_screening", names[k], args.sampler, target_params=params, target_flops=caps[k],
-                 n_trials=n_trials, **fidelities[k], **warm)
+                 sampler_seed=draws(s.seed, k), n_trials=n_trials, **fidelities[k], **warm)
     return names
+
+
+def draws(seed: int, k: int) -> int:
+    """The sampler seed of seed ``seed``'s study for budget step ``k`` (0: the one study of all budgets). The
+    same in every mode, so a --carry-picks study draws the plans its default study drew (a queued trial draws
+    nothing), the carried plan in the last draw's place: the two differ by the carry and the screens' size alone
+    (while the sampler draws at random: GP's and TPE's first 10 trials)."""
+    return 1000 * seed + k
 
 
 def kd_screen_images(share: float, epochs: float, n_screens: int, sizes: Sizes, bn_calib_batches: int,

@@ -103,9 +103,10 @@ class RunConfig:
 
 
 # Fields that may change between a run and its resumption without changing its results (``out``: a moved
-# run directory resumes).
+# run directory resumes; ``sampler_seed``: trials not yet drawn are any sampler's).
 RESUME_NEUTRAL = {"device", "amp", "compile", "progress", "debug", "force", "workers", "download", "data_dir",
-                  "max_memory_gb", "n_workers", "n_trials", "storage", "keep_checkpoints", "trials", "out"}
+                  "max_memory_gb", "n_workers", "n_trials", "storage", "keep_checkpoints", "trials", "out",
+                  "sampler_seed"}
 
 # ``--teachers previous``: the model before each step's pruning joins the teachers, a "teacher assistant"
 # one step away from the student (Mirzadeh et al., AAAI 2020: TAKD narrows the teacher-student gap).

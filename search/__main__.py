@@ -36,7 +36,7 @@ from distill.config import config_diff, config_dict, parse_config
 from distill.results import prepare_out_dir, versions
 from pruning.checkpoint import load_pruned
 from pruning.errors import UserError, run_cli
-from pruning.model import build_resnet50, channel_plan, prunable_layers
+from pruning.model import build_resnet50, channel_plan
 from search.config import SEARCH_PRESETS, SearchConfig
 from search.front import lowest_loss
 from search.objective import lock_path, prepare_teacher
@@ -50,11 +50,12 @@ def run(cfg: SearchConfig) -> optuna.Study:
     """Run (or resume) the study ``cfg`` describes until it has ``n_trials`` COMPLETE trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own summary line
     storage = open_storage(cfg.storage)  # first: a wrong --storage fails in seconds, not after the teacher
+    dense = channel_plan(build_resnet50(2))  # the layers and widths a plan's params name (any class count)
     # before the teacher and the study: a --warm-from that cannot serve fails in seconds and leaves nothing behind
-    warm = carried(cfg, load_study(cfg.storage, cfg.warm_from, "--warm-from")) if cfg.warm_from else None
+    warm = carried(cfg, load_study(cfg.storage, cfg.warm_from, "--warm-from"), list(dense)) if cfg.warm_from else None
     prepare_out_dir(cfg.study_dir, cfg)
     teacher = prepare_teacher(cfg)
-    study = prepare_study(cfg, teacher, storage, warm)
+    study = prepare_study(cfg, teacher, storage, dense, warm)
     if cfg.n_workers == 1:
         work(cfg, 0, teacher)
     else:
@@ -63,11 +64,10 @@ def run(cfg: SearchConfig) -> optuna.Study:
     return study
 
 
-def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage,
+def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage, dense: dict[str, int],
                   warm: tuple[dict, int] | None) -> optuna.Study:
-    """Create or reopen the study; refuse a different config; queue the baseline's uniform plans, then ``warm``
-    (``carried``: the ``--warm-from`` study's pick and its trial number)."""
-    dense = channel_plan(build_resnet50(2))
+    """Create or reopen the study; refuse a different config; queue the baseline's uniform plans on the dense
+    widths ``dense``, then ``warm`` (``carried``: the ``--warm-from`` study's pick and its trial number)."""
     with file_lock(lock_path(cfg)), warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         study = optuna.create_study(study_name=cfg.study_name, storage=storage, load_if_exists=True,
@@ -110,13 +110,13 @@ def prepare_study(cfg: SearchConfig, teacher: Path, storage: BaseStorage,
     return study
 
 
-def carried(cfg: SearchConfig, source: optuna.Study) -> tuple[dict, int]:
+def carried(cfg: SearchConfig, source: optuna.Study, layers: list[str]) -> tuple[dict, int]:
     """``--warm-from``: the params of the earlier study's pick (``lowest_loss``) that this study samples, its
     plan's and, when this study tunes them, its KD settings; and the pick's trial number. Its plan must be of this
     study's kind: tilts fit any budget, per-group ratios are the same widths again."""
     pick = lowest_loss(source, f"--warm-from {cfg.warm_from}",
                        f"screen it first (python -m search --study-name {cfg.warm_from})")
-    wanted, kd = plan_param_names(cfg, prunable_layers(build_resnet50(2))), config_changes(pick.params)
+    wanted, kd = plan_param_names(cfg, layers), config_changes(pick.params)
     plan = {name: value for name, value in pick.params.items() if name not in kd}
     if set(plan) != set(wanted):
         raise UserError(f"--warm-from {cfg.warm_from}: its pick (trial {pick.number}) has params "

@@ -41,6 +41,11 @@ class SearchConfig(RunConfig, StudyFields):
     # --mean-ratio on --data shapes (30 trials, 3 studies each): GP 0.353 +- 0.021, TPE 0.339 +- 0.005, random
     # 0.325, NSGA-II 0.323; GP beat TPE in 2 of 3 repeats.
     sampler: str = opt("gp", "Optuna sampler", ("tpe", "nsga2", "gp", "random"))
+    # Issue 12: two studies compared on one seed (search_vs_baseline --carry-picks against its default) drew
+    # different plans, which one seed could not tell from the difference under test.
+    sampler_seed: int = opt(-1, "seed of the sampler: studies of one sampler seed draw the same plans (enqueued "
+                                "trials draw nothing); each worker on a machine adds its index, so give each "
+                                "machine its own; -1 = from --seed, host, pid and clock (workers never collide)")
     # --- search space ---
     space: str = opt("layer", "one pruning ratio per prunable layer, per stage (layer1..4) or per bottleneck block",
                      ("layer", "stage", "block"))
@@ -104,6 +109,8 @@ class SearchConfig(RunConfig, StudyFields):
         if self.mean_ratio and self.fitted:
             raise UserError("--mean-ratio and --target-params/--target-flops: give one (a target fixes each plan's "
                             "size, --mean-ratio samples it)")
+        if self.sampler_seed < -1:
+            raise UserError(f"--sampler-seed {self.sampler_seed}: give a seed >= 0, or -1 for a fresh one per worker")
         for name in ("trial_epochs", "trial_subset", "max_params", "max_flops", "target_params", "target_flops"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0 (0 = off/all)")

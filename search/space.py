@@ -75,7 +75,8 @@ def plan_param_names(cfg, layers: list[str]) -> list[str]:
 
 
 def kd_param_names(cfg) -> list[str]:
-    """The names of the KD settings ``suggest`` samples under ``cfg`` (none for a screen without KD epochs)."""
+    """The names of the KD settings ``suggest`` samples under ``cfg``."""
+    # Screens without KD epochs (BN recalibration) cannot score KD settings; --no-tune-kd keeps the run's.
     if not cfg.trial_epochs or not cfg.tune_kd:
         return []
     return ["temperature", "alpha", *(["kd", "beta", "dkd_beta"] if cfg.search_kd else [])]
@@ -86,21 +87,16 @@ def suggest(trial: optuna.Trial, cfg, layers: list[str], size: PlanSize | None =
     """Sample a trial: per-layer ratios, and the config fields it changes (temperature, alpha[, kd, beta,
     dkd_beta]). ``size`` (the teacher's widths, parameter and MAC counts) is needed with --target-params or
     --target-flops."""
+    names = plan_param_names(cfg, layers)  # with --mean-ratio, mean_ratio first: the order a seeded sampler replays
     if cfg.fitted:
         if size is None:
             raise TypeError("suggest: --target-params/--target-flops needs the teacher's PlanSize")
-        tilts = {name: trial.suggest_float(name, *TILT) for name in ratio_params(layers, cfg.space, "tilt")}
-        ratios = fit_ratios(tilts, layers, cfg, size)
+        ratios = fit_ratios({name: trial.suggest_float(name, *TILT) for name in names}, layers, cfg, size)
     else:
-        if cfg.mean_ratio:  # mean_ratio drawn before the shares: the order a seeded sampler replays
-            shares = ratio_params(layers, cfg.space, "share")
-            values = {MEAN: trial.suggest_float(MEAN, 0.0, cfg.max_ratio),
-                      **{name: trial.suggest_float(name, 0.0, 1.0) for name in shares}}
-        else:
-            values = {name: trial.suggest_float(name, 0.0, cfg.max_ratio) for name in ratio_params(layers, cfg.space)}
+        values = {name: trial.suggest_float(name, 0.0, 1.0 if name.startswith("share/") else cfg.max_ratio)
+                  for name in names}
         ratios = layer_ratios(values, layers, cfg.space, cfg.max_ratio)
-    # Screens without KD epochs (BN recalibration) cannot score KD settings; --no-tune-kd keeps the run's.
-    if not cfg.trial_epochs or not cfg.tune_kd:
+    if not kd_param_names(cfg):
         return ratios, {}
     changes = {"temperature": trial.suggest_float("temperature", *TEMPERATURE, log=True),
                "alpha": trial.suggest_float("alpha", 0.0, 1.0)}

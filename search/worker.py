@@ -4,9 +4,9 @@
 other machines join the same study through its storage. Spawned workers import this module, not
 ``search.__main__`` (multiprocessing cannot re-import a package's ``__main__``).
 
-Each worker process seeds its sampler once, from its host, pid and clock (``sampler_seed``), and records
-that seed on every trial it runs (user attr ``sampler_seed``): a study is reproducible from its trials'
-records (params, seeds), not by rerunning the command.
+Each worker process seeds its sampler once (``sampler_seed``): from ``--sampler-seed``, its index and the trials
+drawn before it started when that is given (a study replays), else from its host, pid and clock. It records that
+seed on every trial it runs (user attr ``sampler_seed``).
 """
 from __future__ import annotations
 
@@ -57,20 +57,25 @@ def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
 
 
-def sampler_seed(cfg: SearchConfig, worker: int, existing: int) -> int:
-    """A seed no other worker draws: ``--seed``, the worker index and the study's size alone are the same
-    for workers started together on several machines, which then proposed identical plans (issue 11);
-    the host, pid and clock tell them apart."""
-    host = zlib.crc32(socket.gethostname().encode())
-    entropy = [cfg.seed, worker, existing, host, os.getpid(), time.time_ns()]
+def sampler_seed(cfg: SearchConfig, worker: int, study: optuna.Study) -> int:
+    """The seed of a worker's sampler. With ``--sampler-seed``, from it, the worker index and the trials
+    ``study`` has, queued ones aside (a resumed study draws new plans, and a study that queues one plan more
+    draws the same ones). Else one no other worker draws: ``--seed``, the worker index and the study's size
+    alone are the same for workers started together on several machines, which then proposed identical plans
+    (issue 11); the host, pid and clock tell them apart."""
+    drawn = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    if cfg.sampler_seed >= 0:
+        entropy = [cfg.sampler_seed, worker, drawn]
+    else:
+        host = zlib.crc32(socket.gethostname().encode())
+        entropy = [cfg.seed, worker, drawn, host, os.getpid(), time.time_ns()]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def work(cfg: SearchConfig, worker: int, teacher: Path) -> None:
     """One worker: start trials until the study has ``n_trials`` COMPLETE ones (counting those running)."""
     storage = open_storage(cfg.storage)
-    existing = len(optuna.load_study(study_name=cfg.study_name, storage=storage).trials)
-    seed = sampler_seed(cfg, worker, existing)
+    seed = sampler_seed(cfg, worker, optuna.load_study(study_name=cfg.study_name, storage=storage))
     study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg, seed))
     objective = Objective(cfg, teacher)
     while True:

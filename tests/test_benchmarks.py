@@ -344,6 +344,8 @@ def test_search_vs_baseline_carry_picks_screens_the_previous_budgets_pick_and_ch
         return search_vs_baseline.kd_screen_images(result["screen_share"], epochs, 2, sizes,
                                                    config[0]["bn_calib_batches"], config[0]["batch_size"])
 
+    # both arms of one seed draw from the same sampler seed per budget (paired)
+    assert [c["sampler_seed"] for c in config] == [search_vs_baseline.draws(0, 1), search_vs_baseline.draws(0, 2)]
     assert added == [1, 1] and [c["trial_subset"] for c in config] == [images(1), images(1)] < [images(1), images(2)]
     own = [search_vs_baseline.study_cost(study, 0)["screening_epochs"] for study in (k1, k2)]
     assert first["screening_epochs"] == own[0] and second["screening_epochs"] == pytest.approx(sum(own), abs=1e-4)

@@ -340,8 +340,8 @@ def test_warm_from_carries_kd_settings_only_to_a_study_that_samples_them():
     fitted = {"target_params": 10_000_000, "space": "stage", "warm_from": "k2"}
     tuned = make_config(SearchConfig, {**fitted, "trial_epochs": 1})
     screens = make_config(SearchConfig, {**fitted, "trial_epochs": 0, "bn_calib_batches": 1})
-    assert carried(tuned, source) == ({**tilts, **kd}, 0)
-    assert carried(screens, source) == (tilts, 0)  # recalibration screens sample no KD settings
+    assert carried(tuned, source, list(DENSE)) == ({**tilts, **kd}, 0)
+    assert carried(screens, source, list(DENSE)) == (tilts, 0)  # recalibration screens sample no KD settings
 
 
 def test_warm_from_refuses_ratios_beyond_this_studys_max_ratio():
@@ -352,8 +352,8 @@ def test_warm_from_refuses_ratios_beyond_this_studys_max_ratio():
         distributions=dict.fromkeys(ratios, optuna.distributions.FloatDistribution(0.0, 0.9))))
     cfg = make_config(SearchConfig, {"space": "stage", "max_ratio": 0.5, "warm_from": "wide"})
     with pytest.raises(UserError, match="ratio/layer1 0.8, beyond this study's --max-ratio 0.5; raise --max-ratio"):
-        carried(cfg, source)
-    assert carried(dataclasses.replace(cfg, max_ratio=0.9), source)[0] == ratios
+        carried(cfg, source, list(DENSE))
+    assert carried(dataclasses.replace(cfg, max_ratio=0.9), source, list(DENSE))[0] == ratios
 
 
 def test_warm_from_does_not_screen_the_baseline_plan_twice(tmp_path, teacher_file, capsys):

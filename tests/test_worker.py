@@ -18,9 +18,12 @@ from optuna.trial import TrialState, create_trial
 import search.worker
 from conftest import tiny_argv
 from distill.config import make_config
+from pruning.errors import UserError
+from pruning.model import build_resnet50, channel_plan
 from search.config import SearchConfig
 from search.objective import trial_checkpoint
 from search.optuna_private import enqueued_params
+from search.space import suggest
 from search.storage import HEARTBEAT_KEY, PROVENANCE, STALE_REASON, fail_stale_trials, open_storage
 from search.worker import RETRY_ATTR, SEED_ATTR, keep_front_checkpoints, retry_enqueued_plan, run_trial
 from test_reliability import SEARCH, ROOT, trials
@@ -186,6 +189,40 @@ def test_local_workers_are_reaped_as_they_exit(tmp_path, monkeypatch):
     cfg = make_config(SearchConfig, {"n_workers": 2, "device": "cpu", "out": str(tmp_path)})
     with pytest.raises(Exception, match=r"^search-worker-1 \(exit code 3\) stopped early"):
         search.worker.spawn_workers(cfg, tmp_path)
+
+
+def test_a_sampler_seed_replays_the_draws_with_a_plan_more_queued():
+    """--sampler-seed: a study that queues one plan more draws the same plans, the queued one in the last draw's
+    place (search_vs_baseline's paired --carry-picks arms); another worker or a resumed study draws others."""
+    cfg = make_config(SearchConfig, {"sampler_seed": 5, "space": "stage", "trial_epochs": 0})
+    layers = list(channel_plan(build_resnet50(2)))
+    queued = [{f"ratio/layer{i}": 0.3 for i in range(1, 5)}, {f"ratio/layer{i}": 0.1 * i for i in range(1, 5)}]
+
+    def study_with(n_queued: int) -> optuna.Study:
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for params in queued[:n_queued]:
+            study.enqueue_trial(params)
+        return study
+
+    def plans(study: optuna.Study, worker: int = 0) -> list[dict]:
+        study.sampler = search.worker.make_sampler(cfg, search.worker.sampler_seed(cfg, worker, study))
+        for _ in range(4):
+            trial = study.ask()
+            suggest(trial, cfg, layers)
+            study.tell(trial, [50.0, 1.0])
+        return [t.params for t in study.trials]
+
+    one, two = plans(study_with(1)), plans(study_with(2))
+    assert one[0] == two[0] == queued[0] and two[1] == queued[1]
+    assert two[2:] == one[1:3] and len({tuple(p.values()) for p in one}) == 4
+    assert plans(study_with(1), worker=1)[1:] != one[1:]  # workers on one machine draw apart
+    resumed = study_with(1)
+    first = plans(resumed)
+    assert first == one and plans(resumed)[4:7] != one[1:4]  # a resumed study does not redraw its first plans
+    fresh = make_config(SearchConfig, {"space": "stage"})  # -1: every worker its own seed, never replayed
+    assert search.worker.sampler_seed(fresh, 0, study_with(0)) != search.worker.sampler_seed(fresh, 0, study_with(0))
+    with pytest.raises(UserError, match="--sampler-seed -2: give a seed >= 0"):
+        make_config(SearchConfig, {"sampler_seed": -2})
 
 
 @pytest.mark.slow

@@ -341,7 +341,9 @@ def command_key(line: str) -> str:
     both ``--x`` and ``--no-x``, argparse keeping the last, gets one key for either order.)"""
     words = line.split()
     first = next((i for i, w in enumerate(words) if w.startswith("--")), len(words))
-    return " ".join(words[:first] + [w for group in sorted(flag_groups(words[first:])) for w in group])
+    # --sampler-seed left out: the screens run before 2026-12-02 had none, and a finished study resumes under any
+    groups = [g for g in flag_groups(words[first:]) if g[0] != "--sampler-seed"]
+    return " ".join(words[:first] + [w for group in sorted(groups) for w in group])
 
 
 def screened(study: optuna.Study) -> list[dict]:
@@ -517,8 +519,7 @@ class Seed:
         trial checkpoints (a retrain starts from the teacher). ``target_params``: every plan fitted to that many
         params (``target_flops``: and MACs per image); else sizes sampled (``--mean-ratio``) or per-group
         ratios. ``sampler_seed``: as ``--sampler-seed`` (-1, a fresh seed, is not written)."""
-        # target_flops and sampler_seed only when set: earlier runs' command lines (and their recorded seconds)
-        # stay as they were
+        # target_flops only when capped: earlier runs' command lines (and their recorded seconds) stay as they were
         fit = {**({"target_flops": target_flops} if target_flops else {}),
                **({"sampler_seed": sampler_seed} if sampler_seed >= 0 else {})}
         sizing = (argv_of(target_params=target_params) if target_params else

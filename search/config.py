@@ -43,9 +43,10 @@ class SearchConfig(RunConfig, StudyFields):
     sampler: str = opt("gp", "Optuna sampler", ("tpe", "nsga2", "gp", "random"))
     # Issue 12: two studies compared on one seed (search_vs_baseline --carry-picks against its default) drew
     # different plans, which one seed could not tell from the difference under test.
-    sampler_seed: int = opt(-1, "seed of the sampler: studies of one sampler seed draw the same plans (enqueued "
-                                "trials draw nothing); each worker on a machine adds its index, so give each "
-                                "machine its own; -1 = from --seed, host, pid and clock (workers never collide)")
+    sampler_seed: int = opt(-1, "seed of the sampler: one-worker studies of one sampler seed draw the same plans (a "
+                                "queued plan draws nothing), while the sampler draws at random (GP's and TPE's "
+                                "first 10 trials); a command's workers add their index, so give each command its "
+                                "own; -1 = from --seed, host, pid and clock (workers never collide)")
     # --- search space ---
     space: str = opt("layer", "one pruning ratio per prunable layer, per stage (layer1..4) or per bottleneck block",
                      ("layer", "stage", "block"))

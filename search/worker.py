@@ -4,9 +4,9 @@
 other machines join the same study through its storage. Spawned workers import this module, not
 ``search.__main__`` (multiprocessing cannot re-import a package's ``__main__``).
 
-Each worker process seeds its sampler once (``sampler_seed``): from ``--sampler-seed``, its index and the trials
-drawn before it started when that is given (a study replays), else from its host, pid and clock. It records that
-seed on every trial it runs (user attr ``sampler_seed``).
+Each worker process seeds its sampler once (``sampler_seed``): from ``--sampler-seed``, its index and the plans
+drawn before it started when that is given (a one-worker study replays), else from its host, pid and clock. It
+records that seed on every trial it runs (user attr ``sampler_seed``).
 """
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def sampler_seed(cfg: SearchConfig, worker: int, study: optuna.Study) -> int:
-    """The seed of a worker's sampler. With ``--sampler-seed``, from it, the worker index and the trials
-    ``study`` has, queued ones aside (a resumed study draws new plans, and a study that queues one plan more
-    draws the same ones). Else one no other worker draws: ``--seed``, the worker index and the study's size
+    """The seed of a worker's sampler. With ``--sampler-seed``, from it, the worker index and the plans ``study``
+    drew before (not its queued ones): a resumed study draws new plans, and a study that queues one plan more
+    draws the same ones. Else one no other worker draws: ``--seed``, the worker index and the study's size
     alone are the same for workers started together on several machines, which then proposed identical plans
     (issue 11); the host, pid and clock tell them apart."""
-    drawn = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    drawn = sum(enqueued_params(t) is None for t in study.get_trials(deepcopy=False))
     if cfg.sampler_seed >= 0:
         entropy = [cfg.sampler_seed, worker, drawn]
     else:

@@ -386,6 +386,9 @@ def test_a_finished_command_keeps_its_recorded_seconds_whatever_the_order_of_its
     assert json.loads(record.read_text()) == {"cpu python -m search --n-trials 7 --no-tune-kd --seed 3": 123.0}
     fresh = run("search", calls.append, "python -m search", ["--n-trials", "8"])  # a new command: its own seconds
     assert fresh < 1 and json.loads(record.read_text())["cpu python -m search --n-trials 8"] == fresh
+    # a screen recorded before --sampler-seed was passed keeps its seconds when it is (the finished study resumes)
+    assert run("search", calls.append, "python -m search", ["--seed", "3", "--sampler-seed", "3002", "--no-tune-kd",
+                                                            "--n-trials", "7"]) == 123.0
 
 
 def test_search_vs_baseline_flags_given_with_smoke_win_and_fidelity_needs_three_screens(tmp_path, capsys):

@@ -75,8 +75,9 @@ def sampler_seed(cfg: SearchConfig, worker: int, study: optuna.Study) -> int:
 def work(cfg: SearchConfig, worker: int, teacher: Path) -> None:
     """One worker: start trials until the study has ``n_trials`` COMPLETE ones (counting those running)."""
     storage = open_storage(cfg.storage)
-    seed = sampler_seed(cfg, worker, optuna.load_study(study_name=cfg.study_name, storage=storage))
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=make_sampler(cfg, seed))
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+    seed = sampler_seed(cfg, worker, study)
+    study.sampler = make_sampler(cfg, seed)
     objective = Objective(cfg, teacher)
     while True:
         fail_stale_trials(study)

@@ -811,6 +811,14 @@ def mean_spread(values: list) -> dict:
             "min": min(present), "max": max(present), "n": len(present)}
 
 
+def paired_stats(deltas: list) -> dict:
+    """``mean_spread`` of paired differences, with the standard error of their mean (``sem``; None with one) and the
+    mean over it (``t``)."""
+    stats = mean_spread(deltas)
+    sem = None if stats["std"] is None else round(stats["std"] / math.sqrt(stats["n"]), 4)
+    return stats | {"sem": sem, "t": None if not sem else round(stats["mean"] / sem, 2)}
+
+
 def summarize(per_seed: list[dict]) -> dict:
     """The seeds' figures: per budget and for hypervolume, epochs and seconds, the mean (``_std`` its
     spread, ``_min``/``_max`` its range over the seeds; ``delta_top1_sem`` the paired delta's standard error,
@@ -823,16 +831,14 @@ def summarize(per_seed: list[dict]) -> dict:
         for key in (*BUDGET_KEYS, "search_screen_top1", "search_screen_val_loss", "screening_epochs", "compute_ratio",
                     "macs_ratio", "baseline_flops", "search_flops", "flops_ratio", "candidates", "trial_epochs",
                     "trial_subset"):
-            stats = mean_spread([r[key] for r in rows])
+            # Both sides share each seed's teacher, data and test set, so the deltas are paired: their standard
+            # error says whether the mean is told from noise, the std how far one seed may land from it.
+            stats = (paired_stats if key == "delta_top1" else mean_spread)([r[key] for r in rows])
             row[key] = round(stats["mean"]) if key.endswith(("params", "flops")) and stats["n"] else stats["mean"]
             if key.endswith("top1"):
                 row.update({f"{key}_std": stats["std"], f"{key}_min": stats["min"], f"{key}_max": stats["max"]})
             if key == "delta_top1":
-                # Both sides share each seed's teacher, data and test set, so the deltas are paired: their standard
-                # error says whether the mean is told from noise, the std how far one seed may land from it.
-                row["delta_top1_sem"] = None if stats["std"] is None else round(stats["std"] / math.sqrt(stats["n"]), 4)
-                row["delta_top1_t"] = (None if not row["delta_top1_sem"] else
-                                       round(stats["mean"] / row["delta_top1_sem"], 2))
+                row.update({"delta_top1_sem": stats["sem"], "delta_top1_t": stats["t"]})
         row["wins"] = sum(r["delta_top1"] is not None and r["delta_top1"] > 0 for r in rows)
         row["same_widths"] = sum(bool(r["same_widths"]) for r in rows)  # seeds whose pick was the baseline's plan
         row["carried"] = sum(bool(r.get("carried")) for r in rows)  # seeds whose pick was the previous budget's

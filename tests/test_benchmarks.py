@@ -8,7 +8,7 @@ import math
 import pytest
 from optuna.trial import TrialState
 
-from benchmarks import kd_kinds, latency, prune_step, samplers, search_vs_baseline, train_throughput
+from benchmarks import arms, kd_kinds, latency, prune_step, samplers, search_vs_baseline, train_throughput
 from distill.losses import KD_KINDS
 from distill.results import read_csv
 from pruning.errors import UserError
@@ -496,3 +496,44 @@ def test_samplers_smoke_scores_every_sampler(tmp_path):
     study = load_study(str(tmp_path / "work" / "studies.db"), result["studies"][0]["study"])
     assert result["mean_ratio"] is False and not study.user_attrs["config"]["mean_ratio"]
     assert all(k.startswith("ratio/") for t in study.trials for k in t.params)  # per-layer ratios, no shares
+
+
+def test_arms_pairs_two_runs_seed_by_seed_and_refuses_what_is_not_like_for_like(tmp_path, capsys):
+    def result(carry: bool, picks: dict[int, list[float]], baseline: float = 80.0, epochs: int = 5) -> dict:
+        def budget(step: int, top1: float) -> dict:
+            return {"step": step, "budget_params": 1000 // step, "baseline_test_top1": baseline,
+                    "search_params": 990 // step, "search_flops": int(top1 * 10), "search_test_top1": top1,
+                    "flops_ratio": 1.1, "compute_ratio": 1.2, "macs_ratio": 1.3 + carry / 10}
+        return {"flags": ["--data", "shapes"], "steps": 2, "ratio": 0.3, "epochs_per_step": epochs, "final_epochs": 1,
+                "tolerance": 0.1, "smoke": False, "carry_picks": carry, "pick_by": "val_loss",
+                "per_seed": [{"seed": seed, "budgets": [budget(1, top1[0]), budget(2, top1[1])]}
+                             for seed, top1 in picks.items()]}
+
+    def compare(a: dict, b: dict, *extra: str) -> dict | None:
+        paths = [tmp_path / "a.json", tmp_path / "b.json"]
+        for path, content in zip(paths, (a, b)):
+            path.write_text(json.dumps(content))
+        return arms.main([*map(str, paths), *extra])
+
+    a = result(False, {1: [82.0, 81.0], 2: [83.0, 80.0], 3: [84.0, 79.0]})
+    b = result(True, {2: [83.0, 81.5], 3: [84.0, 82.0], 1: [82.0, 80.0], 9: [90.0, 90.0]})  # seed 9: A lacks it
+    out = compare(a, b, "--json", str(tmp_path / "arms.json"))
+    assert out == json.loads((tmp_path / "arms.json").read_text())
+    assert out["differ"] == {"carry_picks": [False, True]} and "carry_picks False -> True" in capsys.readouterr().out
+    assert [(r["seed"], r["step"], r["b_minus_a"], r["same_plan"]) for r in out["per_seed"]] == [
+        (1, 1, 0.0, True), (1, 2, -1.0, False), (2, 1, 0.0, True), (2, 2, 1.5, False), (3, 1, 0.0, True),
+        (3, 2, 3.0, False)]
+    first, second = out["budgets"]
+    assert (first["b_minus_a"], first["b_minus_a_std"], first["ties"], first["same_plan"]) == (0.0, 0.0, 3, 3)
+    std = math.sqrt(((-1 - 7 / 6) ** 2 + (1.5 - 7 / 6) ** 2 + (3 - 7 / 6) ** 2) / 2)
+    assert second["b_minus_a"] == pytest.approx(7 / 6, abs=1e-4) and second["b_minus_a_std"] == pytest.approx(std, 1e-3)
+    assert second["b_minus_a_t"] == pytest.approx(7 / 6 / (std / math.sqrt(3)), abs=0.01)
+    assert (second["b_wins"], second["ties"], second["b_losses"], second["seeds"]) == (2, 0, 1, 3)
+    assert (second["a_macs_ratio"], second["b_macs_ratio"]) == (1.3, 1.4)
+    # not like for like: another baseline, another retraining protocol, no seed in common
+    for other, problem in ((result(True, {1: [82.0, 81.0]}, baseline=79.0), "seed 1: the arms' baselines differ"),
+                           (result(True, {1: [82.0, 81.0]}, epochs=3), r"epochs_per_step differ"),
+                           (result(True, {7: [82.0, 81.0]}), "no seed in common")):
+        with pytest.raises(SystemExit) as exit_:
+            compare(a, other)
+        assert exit_.value.code == 2 and problem in capsys.readouterr().err
